@@ -1,0 +1,267 @@
+"""LaunchConfig and the parsing of torchrun's option values. Pure: values in, values (or ConfigError) out."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from elaunch.errors import ConfigError
+
+RdzvBackend = Literal["static", "c10d", "etcd", "etcd-v2"]
+RDZV_BACKENDS: tuple[str, ...] = ("static", "c10d", "etcd", "etcd-v2")
+DEFAULT_C10D_PORT = 29400
+DEFAULT_MASTER_PORT = 29500
+
+# torchrun's --rdzv-conf keys (dynamic handler, c10d and etcd backends) and their defaults.
+RDZV_CONF_DEFAULTS: dict[str, float] = {
+    "join_timeout": 600.0,
+    "last_call_timeout": 30.0,
+    "close_timeout": 30.0,
+    "heartbeat_timeout": 5.0,
+    "keep_alive_interval": 5.0,
+    "keep_alive_max_attempt": 3,
+    "read_timeout": 60.0,
+}
+RDZV_CONF_FLAGS = ("is_host", "use_libuv")
+RDZV_CONF_STRINGS = ("protocol", "cacert", "cert", "key", "timeout", "store_type")
+
+DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
+SHUTDOWN_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class StdSpec:
+    """Which of stdout (1) and stderr (2) go to files, per local rank; `default` for the others."""
+
+    default: int = 0
+    per_rank: Mapping[int, int] = field(default_factory=dict)
+
+    def for_rank(self, local_rank: int) -> int:
+        return self.per_rank.get(local_rank, self.default)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Everything a launch needs, validated. Built by `cli.py`; `sources` says where values came from."""
+
+    min_nodes: int
+    max_nodes: int
+    nproc_per_node: int
+    entry_argv: tuple[str, ...]
+    """The worker's command line before `${local_rank}` substitution."""
+    entry_kind: Literal["python", "module", "run_path", "program"]
+    rdzv_backend: str = "static"
+    rdzv_endpoint: Endpoint | None = None
+    run_id: str = "none"
+    rdzv_conf: Mapping[str, object] = field(default_factory=dict)
+    standalone: bool = False
+    max_restarts: int = 0
+    monitor_interval: float = 0.1
+    role: str = "default"
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    local_addr: str | None = None
+    signals_to_handle: tuple[int, ...] = ()
+    shutdown_timeout: float = 30.0
+    exit_barrier_timeout: float = 300.0
+    virtual_local_rank: bool = False
+    log_dir: str | None = None
+    redirects: StdSpec = field(default_factory=StdSpec)
+    tee: StdSpec = field(default_factory=StdSpec)
+    local_ranks_filter: frozenset[int] | None = None
+    ranks_filter: frozenset[int] | None = None
+    log_line_prefix: str | None = None
+    live: bool | None = None
+    summary_file: str | None = None
+    events_file: str | None = None
+    dry_run: bool = False
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def single_node(self) -> bool:
+        return self.max_nodes == 1
+
+
+def parse_nnodes(value: str) -> tuple[int, int]:
+    """`N` or `MIN:MAX` with 0 < MIN <= MAX."""
+    parts = value.strip().split(":")
+    if len(parts) not in (1, 2) or not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
+        raise ConfigError(f"--nnodes must be N or MIN:MAX with whole numbers, got {value!r}")
+    lo, hi = int(parts[0]), int(parts[-1])
+    if lo <= 0:
+        raise ConfigError(f"--nnodes: the minimum number of nodes must be at least 1, got {value!r}")
+    if lo > hi:
+        raise ConfigError(f"--nnodes: MIN must not exceed MAX, got {value!r}")
+    return lo, hi
+
+
+def parse_nproc(value: str, devices: Mapping[str, int | None]) -> int:
+    """An int > 0, or `cpu`/`gpu`/`xpu`/`auto` resolved from `devices` (counts found by the caller).
+
+    `devices` maps "cpu", "gpu", "xpu" to a count, or None when that kind cannot be counted.
+    """
+    v = value.strip().lower()
+    if re.fullmatch(r"[+-]?\d+", v):
+        n = int(v)
+        if n <= 0:
+            raise ConfigError(f"--nproc-per-node must be at least 1, got {value!r}")
+        return n
+    if v == "cpu":
+        return int(devices.get("cpu") or 1)
+    if v in ("gpu", "xpu"):
+        n_dev = devices.get(v)
+        if not n_dev:
+            name = "CUDA GPUs" if v == "gpu" else "XPUs"
+            raise ConfigError(f"--nproc-per-node {v}: no {name} found on this node")
+        return n_dev
+    if v == "auto":
+        for kind in ("gpu", "xpu"):
+            n_dev = devices.get(kind)
+            if n_dev:
+                return n_dev
+        return int(devices.get("cpu") or 1)
+    raise ConfigError(f"--nproc-per-node must be a number, cpu, gpu, xpu or auto, got {value!r}")
+
+
+def parse_endpoint(value: str, default_port: int) -> Endpoint | None:
+    """`host[:port]`; IPv6 in brackets (`[::1]:29400`). Empty means none."""
+    v = value.strip()
+    if not v:
+        return None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]+)\](?::(\d*))?", v)
+    if m:
+        host, port_s = m.group(1), m.group(2)
+    else:
+        if v.count(":") > 1:
+            raise ConfigError(f"--rdzv-endpoint {value!r}: write IPv6 addresses in brackets, e.g. [::1]:29400")
+        host, _, port_s = v.partition(":")
+        if ":" in v and not port_s:
+            raise ConfigError(f"--rdzv-endpoint {value!r}: the port after ':' is missing")
+    if not host or not re.fullmatch(r"[\w.\-:%]+", host):
+        raise ConfigError(f"--rdzv-endpoint {value!r}: not a valid host name or address")
+    if not port_s:
+        return Endpoint(host, default_port)
+    if not port_s.isdigit():
+        raise ConfigError(f"--rdzv-endpoint {value!r}: port must be a number")
+    port = int(port_s)
+    check_port(port, "--rdzv-endpoint", allow_zero=True)
+    return Endpoint(host, port)
+
+
+def check_port(port: int, option: str, allow_zero: bool = False) -> int:
+    lo = 0 if allow_zero else 1
+    if not lo <= port <= 65535:
+        raise ConfigError(f"{option}: port must be between {lo} and 65535, got {port}")
+    return port
+
+
+def parse_rdzv_conf(value: str) -> dict[str, object]:
+    """`k=v,k=v` with torchrun's keys; numbers must be positive, flags true/false/1/0."""
+    conf: dict[str, object] = {}
+    v = value.strip()
+    if not v:
+        return conf
+    known = sorted([*RDZV_CONF_DEFAULTS, *RDZV_CONF_FLAGS, *RDZV_CONF_STRINGS])
+    for item in v.split(","):
+        key, eq, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not eq or not key:
+            raise ConfigError(f"--rdzv-conf: expected key=value pairs separated by commas, got {item!r}")
+        if key in RDZV_CONF_DEFAULTS:
+            try:
+                num = float(raw)
+            except ValueError:
+                raise ConfigError(f"--rdzv-conf {key}: expected a number, got {raw!r}") from None
+            if num <= 0:
+                raise ConfigError(f"--rdzv-conf {key}: must be greater than 0, got {raw!r}")
+            conf[key] = int(num) if key == "keep_alive_max_attempt" else num
+        elif key in RDZV_CONF_FLAGS:
+            low = raw.lower()
+            if low not in ("1", "0", "true", "false", "yes", "no"):
+                raise ConfigError(f"--rdzv-conf {key}: expected true or false, got {raw!r}")
+            conf[key] = low in ("1", "true", "yes")
+        elif key in RDZV_CONF_STRINGS:
+            conf[key] = raw
+        else:
+            raise ConfigError(f"--rdzv-conf: unknown key {key!r} (known: {', '.join(known)})")
+    return conf
+
+
+def parse_std_spec(value: str, option: str) -> StdSpec:
+    """torchrun's `-r/-t` forms: a bitmask 0-3 for all ranks, or `local_rank:mask,...`."""
+    v = value.strip() or "0"
+    if re.fullmatch(r"[0-3]", v):
+        return StdSpec(default=int(v))
+    per: dict[int, int] = {}
+    for item in v.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*([0-3])\s*", item)
+        if not m:
+            raise ConfigError(f"{option}: expected 0-3 or LOCAL_RANK:0-3 pairs like 0:3,1:1, got {value!r}")
+        per[int(m.group(1))] = int(m.group(2))
+    return StdSpec(default=0, per_rank=per)
+
+
+def parse_rank_set(value: str, option: str) -> frozenset[int] | None:
+    """`0,1,5-7` -> {0,1,5,6,7}; empty means no filter."""
+    v = value.strip()
+    if not v:
+        return None
+    out: set[int] = set()
+    for item in v.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
+        if not m:
+            raise ConfigError(f"{option}: expected ranks like 0,1,4-7, got {value!r}")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo:
+            raise ConfigError(f"{option}: range {item.strip()!r} runs backwards")
+        out.update(range(lo, hi + 1))
+    return frozenset(out)
+
+
+def parse_signals(value: str) -> tuple[int, ...]:
+    """`SIGTERM,SIGINT` (or without the SIG prefix) -> signal numbers."""
+    sigs: list[int] = []
+    for item in value.split(","):
+        name = item.strip().upper()
+        if not name:
+            continue
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        try:
+            sig = signal.Signals[name]
+        except KeyError:
+            raise ConfigError(f"--signals-to-handle: unknown signal {item.strip()!r}") from None
+        if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            raise ConfigError(f"--signals-to-handle: {name} cannot be handled")
+        sigs.append(int(sig))
+    return tuple(dict.fromkeys(sigs))
+
+
+def parse_positive_float(value: str | float, option: str) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option}: expected a number of seconds, got {value!r}") from None
+    if not f > 0:
+        raise ConfigError(f"{option}: must be greater than 0, got {value!r}")
+    return f
+
+
+def substitute_local_rank(args: tuple[str, ...], local_rank: int) -> tuple[str, ...]:
+    """torchrun's `${local_rank}` macro in script arguments."""
+    return tuple(a.replace("${local_rank}", str(local_rank)) for a in args)

@@ -1,0 +1,43 @@
+"""One family of errors, carrying structured fields; only cli.py turns them into text and exit codes."""
+
+from __future__ import annotations
+
+
+class ElaunchError(Exception):
+    """Base of every error elaunch raises on purpose; `exit_code` is what the CLI returns."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(ElaunchError):
+    """Bad input from the user (options, environment): nothing was started."""
+
+    exit_code = 2
+
+
+class NotSupportedError(ConfigError):
+    """A valid option whose behaviour is not implemented yet: refused, never ignored."""
+
+
+class RendezvousError(ElaunchError):
+    """The nodes could not agree on a group (timeout, closed, store unreachable)."""
+
+
+class RendezvousTimeoutError(RendezvousError):
+    """Not enough nodes joined within the join timeout."""
+
+
+class RendezvousClosedError(RendezvousError):
+    """Another node closed the job: it finished, failed or was stopped."""
+
+
+class StoreError(RendezvousError):
+    """The key-value store behind the rendezvous failed or is unreachable."""
+
+
+class WorkerStartError(ElaunchError):
+    """A worker process could not be started (e.g. exec failed)."""

@@ -1,0 +1,326 @@
+"""Assembly at the edge: options -> LaunchConfig -> (agent, rendezvous, processes, sinks) -> RunResult."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+from elaunch import config as cfg
+from elaunch.agent import Agent, SignalPolicy, host_name
+from elaunch.config import LaunchConfig
+from elaunch.console import ConsoleOptions, Formatter, PlainConsole
+from elaunch.devices import device_counts
+from elaunch.errors import ConfigError, NotSupportedError
+from elaunch.events import Bus, Sink
+from elaunch.logfiles import LogFiles
+from elaunch.ranks import assign_ranks, worker_argv, worker_env
+from elaunch.reaper import Reaper
+from elaunch.rendezvous.api import NodeInfo, Rendezvous, RendezvousInfo
+from elaunch.rendezvous.local import LocalRendezvous
+from elaunch.rundir import RunDir
+from elaunch.signals import SignalTrap
+from elaunch.spec import RunResult, WorkerSpec
+from elaunch.tails import OutputTails
+from elaunch.workers import LocalProcesses
+
+RUN_PATH_CODE = (
+    "import runpy, sys; sys.argv = sys.argv[1:]; "
+    "sys.path.insert(0, __import__('os').path.dirname(sys.argv[0])); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+FORWARD_SIGNALS = frozenset({10, 12})  # SIGUSR1, SIGUSR2: passed on, the job keeps running
+
+
+def _entry(opts: Mapping[str, Any], env: Mapping[str, str]) -> tuple[tuple[str, ...], str, int]:
+    """(argv, kind, number of leading argv items that are not the user's) for the worker command."""
+    script: str = opts["training_script"]
+    args = tuple(opts["training_script_args"])
+    module, no_python, run_path = bool(opts["module"]), bool(opts["no_python"]), bool(opts["run_path"])
+    if module and no_python:
+        raise ConfigError("-m/--module and --no-python cannot be used together")
+    if run_path and (module or no_python):
+        raise ConfigError("--run-path cannot be used with -m/--module or --no-python")
+    python = env.get("PYTHON_EXEC") or sys.executable
+    if no_python:
+        if "/" in script:
+            if not os.path.exists(script):
+                raise ConfigError(f"program not found: {script}")
+            if os.path.isdir(script) or not os.access(script, os.X_OK):
+                raise ConfigError(f"program is not executable: {script} (--no-python runs it directly)")
+        elif shutil.which(script, path=env.get("PATH")) is None:
+            raise ConfigError(f"program not found on PATH: {script}")
+        return (script, *args), "program", 1
+    if module:
+        return (python, "-m", script, *args), "module", 1
+    if not os.path.isfile(script):
+        raise ConfigError(f"script not found: {script}")
+    if run_path:
+        return (python, "-c", RUN_PATH_CODE, script, *args), "run_path", 1
+    return (python, script, *args), "python", 1
+
+
+def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str]) -> LaunchConfig:
+    """Validate every option; raises ConfigError (exit 2) before anything starts."""
+    min_n, max_n = cfg.parse_nnodes(opts["nnodes"])
+    nproc = cfg.parse_nproc(opts["nproc_per_node"], device_counts(opts["nproc_per_node"], env))
+    backend = str(opts["rdzv_backend"]).strip()
+    if backend not in cfg.RDZV_BACKENDS:
+        raise ConfigError(f"--rdzv-backend must be one of {', '.join(cfg.RDZV_BACKENDS)}, got {backend!r}")
+    endpoint = cfg.parse_endpoint(opts["rdzv_endpoint"], cfg.DEFAULT_C10D_PORT)
+    conf = cfg.parse_rdzv_conf(opts["rdzv_conf"])
+    monitor = cfg.parse_positive_float(opts["monitor_interval"], "--monitor-interval")
+    master_port = opts["master_port"]
+    if master_port is not None:
+        cfg.check_port(master_port, "--master-port")
+    raw_shutdown = opts["shutdown_timeout"]
+    if raw_shutdown is None:
+        raw_shutdown = env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30")
+    try:
+        shutdown = float(raw_shutdown)
+    except ValueError:
+        raise ConfigError(f"--shutdown-timeout: expected a number of seconds, got {raw_shutdown!r}") from None
+    if shutdown < 0:
+        raise ConfigError(f"--shutdown-timeout must be 0 or more seconds, got {raw_shutdown!r}")
+    barrier = cfg.parse_positive_float(opts["exit_barrier_timeout"], "--exit-barrier-timeout")
+    signals = cfg.parse_signals(opts["signals_to_handle"])
+    redirects = cfg.parse_std_spec(opts["redirects"], "--redirects")
+    tee = cfg.parse_std_spec(opts["tee"], "--tee")
+    local_filter = cfg.parse_rank_set(opts["local_ranks_filter"], "--local-ranks-filter")
+    ranks_filter = cfg.parse_rank_set(opts["ranks_filter"], "--ranks-filter")
+    entry_argv, kind, _ = _entry(opts, env)
+    if opts.get("logs_specs"):
+        raise NotSupportedError("--logs-specs (torchrun plugin entry points) is not supported; use --log-dir")
+    if opts["numa_binding"]:
+        raise NotSupportedError("--numa-binding is not supported yet")
+    standalone = bool(opts["standalone"])
+    run_id = str(opts["rdzv_id"])
+    if standalone:
+        if max_n > 1:
+            raise ConfigError(f"--standalone runs one node, but --nnodes is {opts['nnodes']}")
+        backend, endpoint, run_id = "c10d", None, str(uuid.uuid4())
+    elif backend == "static" and endpoint is None and master_port is None and max_n == 1:
+        # torchrun's quirk: one node with nothing to connect to behaves as --standalone.
+        standalone, backend, run_id = True, "c10d", str(uuid.uuid4())
+    if max_n > 1:
+        raise NotSupportedError(
+            f"--nnodes {opts['nnodes']}: multi-node rendezvous ({backend}) is not supported yet; run one node"
+        )
+    if opts["virtual_local_rank"]:
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None and nproc > len([g for g in visible.split(",") if g.strip()]):
+            raise ConfigError(f"--virtual-local-rank: {nproc} workers but CUDA_VISIBLE_DEVICES={visible!r}")
+    return LaunchConfig(
+        min_nodes=min_n,
+        max_nodes=max_n,
+        nproc_per_node=nproc,
+        entry_argv=entry_argv,
+        entry_kind=kind,  # type: ignore[arg-type]
+        rdzv_backend=backend,
+        rdzv_endpoint=endpoint,
+        run_id=run_id,
+        rdzv_conf=conf,
+        standalone=standalone,
+        max_restarts=int(opts["max_restarts"]),
+        monitor_interval=monitor,
+        role=str(opts["role"]),
+        node_rank=int(opts["node_rank"] or 0),
+        master_addr=str(opts["master_addr"]),
+        master_port=master_port,
+        local_addr=opts["local_addr"],
+        signals_to_handle=signals,
+        shutdown_timeout=shutdown,
+        exit_barrier_timeout=barrier,
+        virtual_local_rank=bool(opts["virtual_local_rank"]),
+        log_dir=opts["log_dir"],
+        redirects=redirects,
+        tee=tee,
+        local_ranks_filter=local_filter,
+        ranks_filter=ranks_filter,
+        log_line_prefix=opts["log_line_prefix"] or env.get("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE") or None,
+        live=False if opts["no_live"] else None,
+        summary_file=opts["summary_file"],
+        events_file=opts["events_file"],
+        dry_run=bool(opts["dry_run"]),
+        sources=dict(sources),
+    )
+
+
+def _master_addr(config: LaunchConfig) -> str:
+    if config.standalone:
+        return config.local_addr or "127.0.0.1"
+    return config.master_addr
+
+
+def make_rendezvous(config: LaunchConfig) -> Rendezvous:
+    """The backend for this config; one node needs no store and never imports torch."""
+    if config.single_node:
+        return LocalRendezvous(
+            run_id=config.run_id,
+            master_addr=_master_addr(config),
+            master_port=0 if config.standalone else (config.master_port or cfg.DEFAULT_MASTER_PORT),
+        )
+    raise NotSupportedError("multi-node rendezvous is not supported yet")
+
+
+def make_spec(config: LaunchConfig, rdzv: Rendezvous, env: Mapping[str, str]) -> WorkerSpec:
+    base_env = dict(env)
+    return WorkerSpec(
+        role=config.role,
+        local_world_size=config.nproc_per_node,
+        entrypoint=config.entry_argv[0],
+        args=config.entry_argv[1:],
+        kind=config.entry_kind,
+        rdzv_handler=rdzv,
+        max_restarts=config.max_restarts,
+        monitor_interval=config.monitor_interval,
+        master_addr=_master_addr(config),
+        master_port=config.master_port,
+        local_addr=config.local_addr,
+        shutdown_timeout=config.shutdown_timeout,
+        exit_barrier_timeout=config.exit_barrier_timeout,
+        virtual_local_rank=config.virtual_local_rank,
+        env=base_env,
+    )
+
+
+def _use_color(stream: TextIO, env: Mapping[str, str]) -> bool:
+    if env.get("NO_COLOR") or env.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def launch(
+    config: LaunchConfig,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: Any = None,
+    stderr: Any = None,
+    sinks: Iterable[Sink] = (),
+) -> RunResult:
+    """Run the job on this node and return its result; never leaves a worker or temp dir behind."""
+    env = dict(os.environ if env is None else env)
+    out = stdout if stdout is not None else sys.stdout.buffer
+    err = stderr if stderr is not None else sys.stderr.buffer
+    reaper = Reaper()
+    trap = SignalTrap()
+    shutdown_sigs = frozenset(s for s in config.signals_to_handle if s not in FORWARD_SIGNALS)
+    forward_sigs = frozenset(s for s in config.signals_to_handle if s in FORWARD_SIGNALS)
+    trap.install(config.signals_to_handle)
+    bus = Bus()
+    run_dir: RunDir | None = None
+    procs: LocalProcesses | None = None
+    rdzv: Rendezvous | None = None
+    try:
+        rdzv = make_rendezvous(config)
+        run_dir = RunDir(config.log_dir, rdzv.run_id, reaper)
+        host = host_name(config.local_addr)
+        tails = OutputTails()
+        bus.subscribe(tails)
+        color = stdout is None and _use_color(sys.stdout, env)
+        fmt = Formatter(
+            ConsoleOptions(
+                prefix_template=config.log_line_prefix,
+                multi_node=not config.single_node,
+                color=color,
+                local_ranks_filter=config.local_ranks_filter,
+                ranks_filter=config.ranks_filter,
+                redirects=config.redirects,
+                tee=config.tee,
+            ),
+            host=host,
+            role=config.role,
+        )
+        bus.subscribe(PlainConsole(out, err, fmt))
+        if config.redirects.default or config.redirects.per_rank or config.tee.default or config.tee.per_rank:
+            bus.subscribe(LogFiles(run_dir, config.redirects, config.tee))
+        for s in sinks:
+            bus.subscribe(s)
+        procs = LocalProcesses(bus, trap, reaper)
+        agent = Agent(
+            make_spec(config, rdzv, env),
+            rdzv,
+            procs,
+            bus,
+            host=host,
+            run_dir=run_dir,
+            tails=tails,
+            signals=SignalPolicy(shutdown=shutdown_sigs, forward=forward_sigs),
+            node_rank=config.node_rank if config.sources.get("node_rank") in ("option", "environment") else None,
+            python=config.entry_kind != "program",
+        )
+        return agent.run()
+    finally:
+        if procs is not None:
+            procs.close()
+        if rdzv is not None:
+            rdzv.shutdown()
+        bus.close()
+        if run_dir is not None:
+            run_dir.cleanup()
+        trap.close()
+        reaper.close()
+
+
+def plan_env(config: LaunchConfig, env: Mapping[str, str]) -> tuple[RendezvousInfo, list[tuple[Any, tuple[str, ...], dict[str, str]]]]:
+    """What each local worker would get, assuming this node's place (dry run: nothing starts)."""
+    port = config.master_port or (0 if config.standalone else cfg.DEFAULT_MASTER_PORT)
+    me = NodeInfo(host=host_name(config.local_addr), role=config.role, local_world_size=config.nproc_per_node)
+    n = config.min_nodes
+    group_rank = min(config.node_rank, n - 1)
+    nodes = tuple(me if i == group_rank else NodeInfo(host=f"<node {i}>", role=config.role, local_world_size=config.nproc_per_node) for i in range(n))
+    info = RendezvousInfo(
+        run_id=config.run_id, round=0, group_rank=group_rank, nodes=nodes, master_addr=_master_addr(config), master_port=port
+    )
+    out = []
+    for r in assign_ranks(info):
+        wenv = worker_env(
+            env,
+            r,
+            info,
+            role=config.role,
+            local_world_size=config.nproc_per_node,
+            restart_count=0,
+            max_restarts=config.max_restarts,
+            error_file=f"<run dir>/attempt_0/{r.local_rank}/error.json",
+            python=config.entry_kind != "program",
+            virtual_local_rank=config.virtual_local_rank,
+        )
+        added = {k: v for k, v in wenv.items() if env.get(k) != v}
+        out.append((r, worker_argv(config.entry_argv, 1, r.local_rank), added))
+    return info, out
+
+
+def print_plan(config: LaunchConfig, out: TextIO, env: Mapping[str, str] | None = None) -> None:
+    """`--dry-run`: the resolved settings, where each came from, and every worker's env and argv."""
+    env = dict(os.environ if env is None else env)
+    info, workers = plan_env(config, env)
+    src = config.sources
+    nodes = f"{config.min_nodes}" if config.min_nodes == config.max_nodes else f"{config.min_nodes}:{config.max_nodes}"
+    rows = [
+        ("nnodes", nodes, src.get("nnodes", "default")),
+        ("nproc_per_node", str(config.nproc_per_node), src.get("nproc_per_node", "default")),
+        ("rdzv_backend", "local (one node)" if config.single_node else config.rdzv_backend, src.get("rdzv_backend", "default")),
+        ("run_id", config.run_id if not config.standalone else "<random per run>", src.get("rdzv_id", "default")),
+        ("max_restarts", str(config.max_restarts), src.get("max_restarts", "default")),
+        ("shutdown_timeout", f"{config.shutdown_timeout:g}s", src.get("shutdown_timeout", "default")),
+        ("master", f"{info.master_addr}:{info.master_port or '<free port>'}", src.get("master_port", "default")),
+    ]
+    out.write("elaunch dry run: nothing is started\n")
+    for name, value, where in rows:
+        out.write(f"  {name:<17} {value:<28} ({where})\n")
+    for r, argv, added in workers:
+        out.write(f"worker local_rank={r.local_rank} rank={r.global_rank} role_rank={r.role_rank} world_size={r.world_size}\n")
+        out.write(f"  argv: {' '.join(_quote(a) for a in argv)}\n")
+        for k in sorted(added):
+            out.write(f"  env:  {k}={added[k]}\n")
+    out.flush()
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)

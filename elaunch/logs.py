@@ -1,0 +1,76 @@
+"""Worker pipes -> whole lines. Pure byte handling: no line is lost, cut or duplicated.
+
+A `LineBuffer` per stream keeps the partial last line between reads. Output is handed on as
+chunks of complete lines so that the console writes each line in one piece. Carriage-return
+updates (progress bars) are split off: the complete line keeps only its final state, and the
+pending partial line is reported as progress so a view can redraw it in place.
+"""
+
+from __future__ import annotations
+
+MAX_LINE = 1 << 20
+"""A line longer than this without a newline is passed on in pieces of this size."""
+
+
+class LineBuffer:
+    """Accumulates bytes of one stream; returns complete lines and the latest progress text."""
+
+    __slots__ = ("_partial",)
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
+        """Returns (complete lines ending in b"\\n", progress text or None)."""
+        nl = data.rfind(b"\n")
+        if nl < 0:
+            self._partial += data
+            if len(self._partial) >= MAX_LINE:
+                out, self._partial = self._partial + b"\n", b""
+                return collapse_cr(out), None
+            return b"", self._progress()
+        head = self._partial + data[: nl + 1] if self._partial else data[: nl + 1]
+        self._partial = data[nl + 1 :]
+        if b"\r" in head:
+            head = collapse_cr(head)
+        return head, self._progress()
+
+    def _progress(self) -> bytes | None:
+        p = self._partial
+        if b"\r" not in p:
+            return None
+        return last_segment(p)
+
+    def flush(self) -> bytes:
+        """The unfinished last line, newline-terminated (at EOF), or b""."""
+        if not self._partial:
+            return b""
+        out, self._partial = self._partial, b""
+        return collapse_cr(out + b"\n")
+
+
+def last_segment(text: bytes) -> bytes:
+    """The text a terminal would show after `\\r` redraws: the last non-empty segment."""
+    for seg in reversed(text.split(b"\r")):
+        if seg.strip():
+            return seg
+    return b""
+
+
+def collapse_cr(lines: bytes) -> bytes:
+    """Reduce every `\\r`-redrawn line to its final state; `\\r\\n` endings become `\\n`."""
+    if b"\r" not in lines:
+        return lines
+    out = []
+    for line in lines.split(b"\n")[:-1]:
+        if b"\r" in line:
+            line = last_segment(line)
+        out.append(line)
+    return b"\n".join(out) + b"\n"
+
+
+def prefix_lines(data: bytes, prefix: bytes) -> bytes:
+    """Put `prefix` before every line of `data` (complete lines): a C-speed replace, not a loop."""
+    if not prefix:
+        return data
+    return prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n"

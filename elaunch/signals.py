@@ -1,0 +1,83 @@
+"""Signals as events: handlers only record, a wake-up fd makes the agent's select return."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterable
+from types import FrameType
+
+
+class SignalTrap:
+    """Catches `signals` while installed; `drain()` returns them in arrival order.
+
+    Works only in the main thread (a Python rule); elsewhere it installs nothing and the
+    process keeps its default signal behaviour.
+    """
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self._pending: list[int] = []
+        self._old: dict[int, object] = {}
+        self._old_wakeup: int | None = None
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._old)
+
+    def install(self, signums: Iterable[int]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in signums:
+            self._old[sig] = signal.signal(sig, self._handler)
+        self._old_wakeup = signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self._pending.append(signum)
+
+    def drain(self) -> list[int]:
+        try:
+            while self._r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        out, self._pending = self._pending, []
+        return out
+
+    def restore(self) -> None:
+        if self._old_wakeup is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            self._old_wakeup = None
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._old.clear()
+
+    def close(self) -> None:
+        self.restore()
+        self._r.close()
+        self._w.close()
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    """Signal a whole process group; False when nothing is left in it."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False

@@ -1,0 +1,185 @@
+"""The agent's data model, in torch.distributed.elastic's vocabulary: pure values, no I/O."""
+
+from __future__ import annotations
+
+import enum
+import signal as _signal
+from dataclasses import dataclass, field
+from typing import Literal
+
+from elaunch.rendezvous.api import Rendezvous
+
+
+class WorkerState(str, enum.Enum):
+    """State of a worker group (and of each worker), with torch's meanings.
+
+    ::
+
+        UNKNOWN --> INIT --(start)--> HEALTHY --(all exit 0)--> SUCCEEDED
+                     ^                  |  \\--(a worker failed)--> FAILED
+                     |                  \\--(unhealthy, e.g. hang)--> UNHEALTHY
+                     +---(restart: stop, rendezvous, start)<--------+
+        any running state --(stopped by the agent)--> STOPPED
+
+    UNKNOWN: not yet started, or the state could not be read.
+    INIT: the group is being set up (rendezvous, rank assignment); no worker runs yet.
+    HEALTHY: workers are running.
+    UNHEALTHY: workers run but something is wrong; handled like FAILED.
+    STOPPED: the agent stopped the workers (restart or shutdown); not their fault.
+    SUCCEEDED: every worker exited 0.
+    FAILED: at least one worker exited non-zero or died of a signal.
+    """
+
+    UNKNOWN = "UNKNOWN"
+    INIT = "INIT"
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    STOPPED = "STOPPED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+    @staticmethod
+    def is_running(state: WorkerState) -> bool:
+        """True while workers are (supposed to be) alive: HEALTHY or UNHEALTHY."""
+        return state in (WorkerState.HEALTHY, WorkerState.UNHEALTHY)
+
+    @property
+    def running(self) -> bool:
+        return WorkerState.is_running(self)
+
+    @property
+    def terminal(self) -> bool:
+        """A state a worker does not leave without a restart."""
+        return self in (WorkerState.SUCCEEDED, WorkerState.FAILED, WorkerState.STOPPED)
+
+
+EntrypointKind = Literal["python", "module", "run_path", "program"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What to run on this node: one per role; copied, never mutated, by the agent."""
+
+    role: str
+    local_world_size: int
+    entrypoint: str
+    args: tuple[str, ...] = ()
+    kind: EntrypointKind = "program"
+    rdzv_handler: Rendezvous | None = None
+    max_restarts: int = 0
+    monitor_interval: float = 0.1
+    master_addr: str | None = None
+    master_port: int | None = None
+    local_addr: str | None = None
+    shutdown_timeout: float = 30.0
+    exit_barrier_timeout: float = 300.0
+    virtual_local_rank: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment of the agent, captured once: the base every worker's environment starts from."""
+
+    def __post_init__(self) -> None:
+        if self.local_world_size <= 0:
+            raise ValueError(f"local_world_size must be > 0, got {self.local_world_size}")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if self.monitor_interval <= 0:
+            raise ValueError(f"monitor_interval must be > 0, got {self.monitor_interval}")
+
+
+@dataclass
+class Worker:
+    """One worker process of this node; ranks are -1 until rank assignment."""
+
+    local_rank: int
+    global_rank: int = -1
+    role_rank: int = -1
+    world_size: int = -1
+    role_world_size: int = -1
+    id: int | None = None
+    """The pid once started."""
+
+
+@dataclass
+class WorkerGroup:
+    """This node's workers of one role, with the group's place in the job."""
+
+    spec: WorkerSpec
+    workers: list[Worker]
+    group_rank: int | None = None
+    group_world_size: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+    state: WorkerState = WorkerState.INIT
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """Why one worker ended badly; `timestamp` (wall clock, seconds) orders failures in time."""
+
+    local_rank: int
+    global_rank: int
+    role: str
+    host: str
+    pid: int
+    exitcode: int | None
+    signal: int | None
+    timestamp: float
+    restart: int = 0
+    traceback: str | None = None
+    error_message: str | None = None
+    last_lines: tuple[str, ...] = ()
+    stopped_by_agent: bool = False
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return _signal.Signals(self.signal).name
+        except ValueError:
+            return f"signal {self.signal}"
+
+    @property
+    def shell_code(self) -> int:
+        """The worker's exit status as a shell reports it: the code, or 128 + N for signal N."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.exitcode if self.exitcode is not None else 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Outcome of a run; `failures` and `return_values` are keyed by global rank."""
+
+    state: WorkerState
+    return_values: dict[int, int] = field(default_factory=dict)
+    failures: dict[int, WorkerFailure] = field(default_factory=dict)
+    interrupted_by: int | None = None
+    """The signal that made the agent shut the job down, if any."""
+    message: str | None = None
+    """Why the run ended when no worker is to blame (rendezvous closed, timeout...)."""
+
+    def is_failed(self) -> bool:
+        return self.state == WorkerState.FAILED
+
+    @property
+    def root_cause(self) -> WorkerFailure | None:
+        """The first failure in time that the agent did not cause itself."""
+        own = [f for f in self.failures.values() if not f.stopped_by_agent]
+        if not own:
+            return None
+        return min(own, key=lambda f: (f.timestamp, f.global_rank))
+
+    @property
+    def exit_code(self) -> int:
+        """Shell convention: 0; 128+N when interrupted by signal N; else the root cause's code."""
+        if self.interrupted_by is not None:
+            return 128 + self.interrupted_by
+        if self.state == WorkerState.SUCCEEDED:
+            return 0
+        cause = self.root_cause
+        if cause is not None:
+            code = cause.shell_code
+            return code if code != 0 else 1
+        return 1

@@ -1,0 +1,346 @@
+"""Start, watch, signal and stop local worker processes. The only module that forks workers.
+
+Each worker runs in its own session/process group (so signals reach its children, and a
+terminal's Ctrl-C reaches only the agent), with PR_SET_PDEATHSIG=SIGKILL set before exec so it
+cannot outlive the agent; the `Reaper` covers the workers' own children. Exits are noticed
+through pidfds and output through the same selector: `wait` blocks until something happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import selectors
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from elaunch.errors import WorkerStartError
+from elaunch.events import Bus, WorkerOutput, WorkerProgress
+from elaunch.logs import LineBuffer
+from elaunch.reaper import Reaper
+from elaunch.signals import SignalTrap, kill_group
+
+F_SETPIPE_SZ = 1031
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How to start one worker: its ranks, argv and complete environment."""
+
+    local_rank: int
+    global_rank: int
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Exit:
+    """A worker's end: `exitcode` when it exited, `signal` when a signal killed it."""
+
+    local_rank: int
+    global_rank: int
+    pid: int
+    exitcode: int | None
+    signal: int | None
+    ts: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exitcode == 0
+
+
+@dataclass
+class Wakeup:
+    """What ended a `wait`: exits, caught signals, an explicit wake, or nothing (timeout)."""
+
+    exits: list[Exit] = field(default_factory=list)
+    signals: list[int] = field(default_factory=list)
+    woken: bool = False
+
+
+@dataclass
+class _Proc:
+    plan: WorkerPlan
+    popen: subprocess.Popen[bytes]
+    pidfd: int | None
+    fds: dict[int, int]
+    bufs: dict[int, LineBuffer]
+    exit: Exit | None = None
+
+
+def _child_setup_factory() -> Callable[[], None]:
+    """The pre-exec hook: die with the agent, and close the race where the agent is already gone."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), 9)
+
+    return setup
+
+
+class LocalProcesses:
+    """One generation of workers at a time; `wait` is the agent's only blocking call."""
+
+    def __init__(self, bus: Bus, trap: SignalTrap | None = None, reaper: Reaper | None = None) -> None:
+        self._bus = bus
+        self._trap = trap
+        self._reaper = reaper
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake",))
+        if trap is not None:
+            self._sel.register(trap.fileno(), selectors.EVENT_READ, ("signal",))
+        self._procs: dict[int, _Proc] = {}
+        self._child_setup = _child_setup_factory()
+        self._last_ts = 0.0
+        self._use_pidfd = hasattr(os, "pidfd_open")
+        self._spawn_thread = threading.get_ident()
+
+    # -- starting -------------------------------------------------------------------------
+    def start(self, plans: Iterable[WorkerPlan]) -> dict[int, int]:
+        """Start a new generation; the previous one must have been `release`d. Returns pids."""
+        if self._procs:
+            raise RuntimeError("previous workers not released")
+        if threading.get_ident() != self._spawn_thread:
+            raise RuntimeError("workers must be started from the thread that outlives them")
+        pids: dict[int, int] = {}
+        for plan in plans:
+            try:
+                popen = subprocess.Popen(
+                    list(plan.argv),
+                    env=dict(plan.env),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=self._child_setup,
+                    close_fds=True,
+                )
+            except OSError as e:
+                self.kill_all()
+                self.release()
+                raise WorkerStartError(f"cannot start {plan.argv[0]!r}: {e.strerror or e}") from None
+            if self._reaper is not None:
+                self._reaper.watch(popen.pid)
+            pidfd = None
+            if self._use_pidfd:
+                try:
+                    pidfd = os.pidfd_open(popen.pid)
+                except OSError:
+                    self._use_pidfd = False
+            proc = _Proc(plan, popen, pidfd, {}, {})
+            assert popen.stdout is not None and popen.stderr is not None
+            for stream, f in ((1, popen.stdout), (2, popen.stderr)):
+                fd = f.fileno()
+                os.set_blocking(fd, False)
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
+                proc.fds[stream] = fd
+                proc.bufs[stream] = LineBuffer()
+                self._sel.register(fd, selectors.EVENT_READ, ("out", plan.local_rank, stream))
+            if pidfd is not None:
+                self._sel.register(pidfd, selectors.EVENT_READ, ("exit", plan.local_rank))
+            self._procs[plan.local_rank] = proc
+            pids[plan.local_rank] = popen.pid
+        return pids
+
+    # -- watching -------------------------------------------------------------------------
+    def pids(self) -> dict[int, int]:
+        return {lr: p.popen.pid for lr, p in self._procs.items()}
+
+    def running(self) -> list[int]:
+        """Local ranks whose process has not been seen to exit."""
+        return [lr for lr, p in self._procs.items() if p.exit is None]
+
+    def exits(self) -> dict[int, Exit]:
+        return {lr: p.exit for lr, p in self._procs.items() if p.exit is not None}
+
+    def wake(self) -> None:
+        """Make a blocked `wait` return; safe from any thread."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"x")
+
+    def wait(self, timeout: float | None) -> Wakeup:
+        """Block until a worker exits, a signal is caught, `wake` is called, or `timeout` passes.
+
+        Output read meanwhile is published on the bus as it arrives.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        result = Wakeup()
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._use_pidfd:
+                remaining = 0.05 if remaining is None else min(remaining, 0.05)
+            ready = self._sel.select(remaining)
+            for key, _ in ready:
+                tag = key.data
+                if tag[0] == "out":
+                    self._read(tag[1], tag[2])
+                elif tag[0] == "exit":
+                    self._reap(tag[1], result)
+                elif tag[0] == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        while self._wake_r.recv(4096):
+                            pass
+                    result.woken = True
+                elif tag[0] == "signal" and self._trap is not None:
+                    result.signals.extend(self._trap.drain())
+            if not self._use_pidfd:
+                for lr, p in list(self._procs.items()):
+                    if p.exit is None and p.popen.poll() is not None:
+                        self._reap(lr, result)
+            self._bus.flush()
+            if result.exits or result.signals or result.woken:
+                return result
+            if deadline is not None and time.monotonic() >= deadline:
+                return result
+
+    def _read(self, local_rank: int, stream: int) -> None:
+        proc = self._procs.get(local_rank)
+        if proc is None or stream not in proc.fds:
+            return
+        fd = proc.fds[stream]
+        try:
+            data = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            data = b""
+        if not data:
+            self._close_stream(proc, stream)
+            return
+        lines, progress = proc.bufs[stream].feed(data)
+        gr = proc.plan.global_rank
+        if lines:
+            self._bus.publish(WorkerOutput(local_rank=local_rank, global_rank=gr, stream=stream, data=lines))
+        if progress is not None:
+            self._bus.publish(WorkerProgress(local_rank=local_rank, global_rank=gr, stream=stream, text=progress))
+
+    def _close_stream(self, proc: _Proc, stream: int) -> None:
+        fd = proc.fds.pop(stream)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(fd)
+        rest = proc.bufs[stream].flush()
+        if rest:
+            self._bus.publish(
+                WorkerOutput(local_rank=proc.plan.local_rank, global_rank=proc.plan.global_rank, stream=stream, data=rest)
+            )
+        f = proc.popen.stdout if stream == 1 else proc.popen.stderr
+        if f is not None:
+            f.close()
+
+    def _drain(self, proc: _Proc) -> None:
+        """Read what a finished worker left in its pipes, so output comes before its exit."""
+        for stream in (1, 2):
+            for _ in range(1024):
+                if stream not in proc.fds:
+                    break
+                fd = proc.fds[stream]
+                try:
+                    data = os.read(fd, 1 << 20)
+                except BlockingIOError:
+                    break
+                if not data:
+                    self._close_stream(proc, stream)
+                    break
+                lines, progress = proc.bufs[stream].feed(data)
+                if lines:
+                    self._bus.publish(
+                        WorkerOutput(
+                            local_rank=proc.plan.local_rank, global_rank=proc.plan.global_rank, stream=stream, data=lines
+                        )
+                    )
+
+    def _reap(self, local_rank: int, result: Wakeup) -> None:
+        proc = self._procs.get(local_rank)
+        if proc is None or proc.exit is not None:
+            return
+        rc = proc.popen.poll()
+        if rc is None:
+            return
+        if proc.pidfd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(proc.pidfd)
+            os.close(proc.pidfd)
+            proc.pidfd = None
+        # epoll reports ready pidfds in the order they became ready: keep that order in time.
+        ts = max(time.time(), self._last_ts + 1e-6)
+        self._last_ts = ts
+        self._drain(proc)
+        ex = Exit(
+            local_rank=local_rank,
+            global_rank=proc.plan.global_rank,
+            pid=proc.popen.pid,
+            exitcode=rc if rc >= 0 else None,
+            signal=-rc if rc < 0 else None,
+            ts=ts,
+        )
+        proc.exit = ex
+        result.exits.append(ex)
+
+    # -- signalling and stopping -----------------------------------------------------------
+    def send(self, sig: int, local_ranks: Iterable[int] | None = None, *, group: bool = True) -> None:
+        """Signal workers: their whole process group, or only the worker process itself."""
+        ranks = list(self._procs) if local_ranks is None else list(local_ranks)
+        for lr in ranks:
+            proc = self._procs.get(lr)
+            if proc is None:
+                continue
+            if group:
+                kill_group(proc.popen.pid, sig)
+            elif proc.exit is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.popen.pid, sig)
+
+    def kill_all(self) -> None:
+        """SIGKILL every process group of this generation, finished workers' included."""
+        self.send(9)
+
+    def release(self, timeout: float = 5.0) -> list[Exit]:
+        """Kill whatever is left, reap, read the pipes to the end (bounded) and forget the generation."""
+        self.kill_all()
+        result = Wakeup()
+        deadline = time.monotonic() + timeout
+        for lr, proc in self._procs.items():
+            if proc.exit is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(max(0.0, deadline - time.monotonic()))
+                self._reap(lr, result)
+        # Pipes may be held by children the kill just ended: read them to EOF, bounded.
+        while any(p.fds for p in self._procs.values()) and time.monotonic() < deadline:
+            for key, _ in self._sel.select(max(0.0, deadline - time.monotonic())):
+                if key.data[0] == "out":
+                    self._read(key.data[1], key.data[2])
+        for proc in self._procs.values():
+            for stream in list(proc.fds):
+                self._close_stream(proc, stream)
+            if proc.pidfd is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(proc.pidfd)
+                os.close(proc.pidfd)
+            if self._reaper is not None:
+                self._reaper.unwatch(proc.popen.pid)
+        self._bus.flush()
+        self._procs.clear()
+        return result.exits
+
+    def close(self) -> None:
+        self.release()
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()

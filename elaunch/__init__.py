@@ -26,4 +26,5 @@ def launch(config: LaunchConfig) -> RunResult:
 
     return _launch(config)
 
+
 __version__ = "0.1.0"

@@ -198,7 +198,9 @@ class Agent:
             m = self._rdzv.membership()
             if m != self._last_membership:
                 self._last_membership = m
-                self._bus.publish(ev.MembershipChanged(waiting=m.waiting, lost=m.lost, closed=m.closed, reason=m.reason))
+                self._bus.publish(
+                    ev.MembershipChanged(waiting=m.waiting, lost=m.lost, closed=m.closed, reason=m.reason)
+                )
             if m.closed:
                 self._stop_workers(signal.SIGTERM)
                 return self._result(WorkerState.FAILED, message=f"the job was closed: {m.reason or 'by another node'}")
@@ -405,9 +407,7 @@ class Agent:
         own = [f for f in self._failures.values() if not f.stopped_by_agent]
         return min(own, key=lambda f: (f.timestamp, f.global_rank)) if own else None
 
-    def _set_worker_state(
-        self, w: Worker, new: WorkerState, ex: Exit | None = None, by_agent: bool = False
-    ) -> None:
+    def _set_worker_state(self, w: Worker, new: WorkerState, ex: Exit | None = None, by_agent: bool = False) -> None:
         old = self._states.get(w.local_rank, WorkerState.UNKNOWN)
         self._states[w.local_rank] = new
         self._bus.publish(

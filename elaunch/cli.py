@@ -35,7 +35,9 @@ def _env(long: str, prefix: str = "PET_") -> str:
 
 def option(long: str, *short: str, own: bool = False, **kw: Any) -> Callable[[Any], Any]:
     """A torchrun option (`PET_*` default) or an elaunch one (`ELAUNCH_*` default)."""
-    return click.option(*_names(long, *short), envvar=_env(long, "ELAUNCH_" if own else "PET_"), show_envvar=False, **kw)
+    return click.option(
+        *_names(long, *short), envvar=_env(long, "ELAUNCH_" if own else "PET_"), show_envvar=False, **kw
+    )
 
 
 CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -50,8 +52,18 @@ CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help
 @option("--rdzv-conf", default="", help="Rendezvous settings, k=v,k=v (join_timeout, last_call_timeout, ...).")
 @option("--standalone", is_flag=True, help="Single node: local rendezvous on a free port, random run id.")
 @option("--max-restarts", default=0, show_default=True, type=click.IntRange(min=0), help="Restarts after failures.")
-@option("--monitor-interval", default="0.1", show_default=True, help="Seconds between polls where exits cannot be waited on.")
-@option("--start-method", default="spawn", type=click.Choice(["spawn", "fork", "forkserver"]), help="Accepted for compatibility; scripts always run in new processes.")
+@option(
+    "--monitor-interval",
+    default="0.1",
+    show_default=True,
+    help="Seconds between polls where exits cannot be waited on.",
+)
+@option(
+    "--start-method",
+    default="spawn",
+    type=click.Choice(["spawn", "fork", "forkserver"]),
+    help="Accepted for compatibility; scripts always run in new processes.",
+)
 @option("--role", default="default", show_default=True, help="Role name of this node's workers.")
 @option("--module", "-m", is_flag=True, help="Run the script as a module: python -m MODULE.")
 @option("--no-python", is_flag=True, help="Run the program directly, not through python.")
@@ -60,22 +72,49 @@ CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help
 @option("--redirects", "-r", default="0", help="Send streams to files only: 1=stdout 2=stderr 3=both, or 0:3,1:1.")
 @option("--tee", "-t", default="0", help="Send streams to files and the console (same form as --redirects).")
 @option("--local-ranks-filter", default="", help="Show only these local ranks on the console (0,1,4-7).")
-@option("--node-rank", default=None, type=click.IntRange(min=0), help="This node's rank (static backend; a preference under c10d).")
+@option(
+    "--node-rank",
+    default=None,
+    type=click.IntRange(min=0),
+    help="This node's rank (static backend; a preference under c10d).",
+)
 @option("--master-addr", default="127.0.0.1", show_default=True, help="Address of rank 0's node (static backend).")
 @option("--master-port", default=None, type=int, help="Port on rank 0's node (static backend).")
 @option("--local-addr", default=None, help="This node's address as others should reach it.")
 @option("--logs-specs", default=None, hidden=True)
 @option("--numa-binding", default=None, help="Bind workers to CPUs near their device (not supported yet).")
-@option("--signals-to-handle", default=DEFAULT_HANDLED, show_default=True, help="Signals to catch: SIGUSR1/2 are passed on, others stop the job.")
-@option("--shutdown-timeout", default=None, help="Seconds between the stop signal and SIGKILL (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30).")
+@option(
+    "--signals-to-handle",
+    default=DEFAULT_HANDLED,
+    show_default=True,
+    help="Signals to catch: SIGUSR1/2 are passed on, others stop the job.",
+)
+@option(
+    "--shutdown-timeout",
+    default=None,
+    help="Seconds between the stop signal and SIGKILL (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30).",
+)
 @option("--virtual-local-rank", is_flag=True, help="LOCAL_RANK=0 for every worker, one visible GPU each.")
-@option("--exit-barrier-timeout", own=True, default="300", show_default=True, help="Seconds to wait for the other nodes at the end.")
-@option("--log-line-prefix", own=True, default=None, help="Prefix template: ${rank} ${local_rank} ${role_name} ${host} ${group_rank} ${restart}.")
+@option(
+    "--exit-barrier-timeout",
+    own=True,
+    default="300",
+    show_default=True,
+    help="Seconds to wait for the other nodes at the end.",
+)
+@option(
+    "--log-line-prefix",
+    own=True,
+    default=None,
+    help="Prefix template: ${rank} ${local_rank} ${role_name} ${host} ${group_rank} ${restart}.",
+)
 @option("--ranks-filter", own=True, default="", help="Show only these global ranks on the console (0,1,4-7).")
 @option("--no-live", own=True, is_flag=True, help="Plain line-oriented output even on a terminal.")
 @option("--summary-file", own=True, default=None, help="Write a JSON summary of the run here.")
 @option("--events-file", own=True, default=None, help="Write every event as a JSON line here.")
-@option("--dry-run", own=True, is_flag=True, help="Print the resolved plan (ranks, environment, argv) and start nothing.")
+@option(
+    "--dry-run", own=True, is_flag=True, help="Print the resolved plan (ranks, environment, argv) and start nothing."
+)
 @click.argument("training_script")
 @click.argument("training_script_args", nargs=-1, type=click.UNPROCESSED)
 @click.version_option(package_name="elaunch", prog_name="elaunch")

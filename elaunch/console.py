@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from string import Template
 from typing import BinaryIO
 
@@ -33,8 +33,8 @@ class ConsoleOptions:
     color: bool = False
     local_ranks_filter: frozenset[int] | None = None
     ranks_filter: frozenset[int] | None = None
-    redirects: StdSpec = StdSpec()
-    tee: StdSpec = StdSpec()
+    redirects: StdSpec = field(default_factory=StdSpec)
+    tee: StdSpec = field(default_factory=StdSpec)
     progress_interval: float = PROGRESS_INTERVAL
 
 

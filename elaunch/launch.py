@@ -103,8 +103,11 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
             raise ConfigError(f"--standalone runs one node, but --nnodes is {opts['nnodes']}")
         backend, endpoint, run_id = "c10d", None, str(uuid.uuid4())
     elif backend == "static" and endpoint is None and master_port is None and max_n == 1:
-        # torchrun's quirk: one node with nothing to connect to behaves as --standalone.
-        standalone, backend, run_id = True, "c10d", str(uuid.uuid4())
+        # torchrun's quirk: one node with nothing to connect to behaves as --standalone
+        # (but an id the user gave is kept: it names the log directory).
+        standalone, backend = True, "c10d"
+        if sources.get("rdzv_id", "default") == "default":
+            run_id = str(uuid.uuid4())
     if max_n > 1:
         raise NotSupportedError(
             f"--nnodes {opts['nnodes']}: multi-node rendezvous ({backend}) is not supported yet; run one node"
@@ -265,15 +268,27 @@ def launch(
         reaper.close()
 
 
-def plan_env(config: LaunchConfig, env: Mapping[str, str]) -> tuple[RendezvousInfo, list[tuple[Any, tuple[str, ...], dict[str, str]]]]:
+def plan_env(
+    config: LaunchConfig, env: Mapping[str, str]
+) -> tuple[RendezvousInfo, list[tuple[Any, tuple[str, ...], dict[str, str]]]]:
     """What each local worker would get, assuming this node's place (dry run: nothing starts)."""
     port = config.master_port or (0 if config.standalone else cfg.DEFAULT_MASTER_PORT)
     me = NodeInfo(host=host_name(config.local_addr), role=config.role, local_world_size=config.nproc_per_node)
     n = config.min_nodes
     group_rank = min(config.node_rank, n - 1)
-    nodes = tuple(me if i == group_rank else NodeInfo(host=f"<node {i}>", role=config.role, local_world_size=config.nproc_per_node) for i in range(n))
+    nodes = tuple(
+        me
+        if i == group_rank
+        else NodeInfo(host=f"<node {i}>", role=config.role, local_world_size=config.nproc_per_node)
+        for i in range(n)
+    )
     info = RendezvousInfo(
-        run_id=config.run_id, round=0, group_rank=group_rank, nodes=nodes, master_addr=_master_addr(config), master_port=port
+        run_id=config.run_id,
+        round=0,
+        group_rank=group_rank,
+        nodes=nodes,
+        master_addr=_master_addr(config),
+        master_port=port,
     )
     out = []
     for r in assign_ranks(info):
@@ -303,7 +318,11 @@ def print_plan(config: LaunchConfig, out: TextIO, env: Mapping[str, str] | None 
     rows = [
         ("nnodes", nodes, src.get("nnodes", "default")),
         ("nproc_per_node", str(config.nproc_per_node), src.get("nproc_per_node", "default")),
-        ("rdzv_backend", "local (one node)" if config.single_node else config.rdzv_backend, src.get("rdzv_backend", "default")),
+        (
+            "rdzv_backend",
+            "local (one node)" if config.single_node else config.rdzv_backend,
+            src.get("rdzv_backend", "default"),
+        ),
         ("run_id", config.run_id if not config.standalone else "<random per run>", src.get("rdzv_id", "default")),
         ("max_restarts", str(config.max_restarts), src.get("max_restarts", "default")),
         ("shutdown_timeout", f"{config.shutdown_timeout:g}s", src.get("shutdown_timeout", "default")),
@@ -313,7 +332,9 @@ def print_plan(config: LaunchConfig, out: TextIO, env: Mapping[str, str] | None 
     for name, value, where in rows:
         out.write(f"  {name:<17} {value:<28} ({where})\n")
     for r, argv, added in workers:
-        out.write(f"worker local_rank={r.local_rank} rank={r.global_rank} role_rank={r.role_rank} world_size={r.world_size}\n")
+        out.write(
+            f"worker local_rank={r.local_rank} rank={r.global_rank} role_rank={r.role_rank} world_size={r.world_size}\n"
+        )
         out.write(f"  argv: {' '.join(_quote(a) for a in argv)}\n")
         for k in sorted(added):
             out.write(f"  env:  {k}={added[k]}\n")

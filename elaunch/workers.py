@@ -238,7 +238,9 @@ class LocalProcesses:
         rest = proc.bufs[stream].flush()
         if rest:
             self._bus.publish(
-                WorkerOutput(local_rank=proc.plan.local_rank, global_rank=proc.plan.global_rank, stream=stream, data=rest)
+                WorkerOutput(
+                    local_rank=proc.plan.local_rank, global_rank=proc.plan.global_rank, stream=stream, data=rest
+                )
             )
         f = proc.popen.stdout if stream == 1 else proc.popen.stderr
         if f is not None:
@@ -258,11 +260,14 @@ class LocalProcesses:
                 if not data:
                     self._close_stream(proc, stream)
                     break
-                lines, progress = proc.bufs[stream].feed(data)
+                lines, _progress = proc.bufs[stream].feed(data)
                 if lines:
                     self._bus.publish(
                         WorkerOutput(
-                            local_rank=proc.plan.local_rank, global_rank=proc.plan.global_rank, stream=stream, data=lines
+                            local_rank=proc.plan.local_rank,
+                            global_rank=proc.plan.global_rank,
+                            stream=stream,
+                            data=lines,
                         )
                     )
 

@@ -1,0 +1,83 @@
+"""Bad input: one clear line on stderr, exit code 2, no traceback, nothing started."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_elaunch
+
+CASES = [
+    # (args before the script, script kind, expected words in the message)
+    (["--bogus"], "ok", "No such option '--bogus'"),
+    (["--nnodes", "4:2"], "ok", "MIN must not exceed MAX"),
+    (["--nnodes", "0"], "ok", "at least 1"),
+    (["--nnodes", "a:b"], "ok", "--nnodes"),
+    (["--nnodes", "1:2:3"], "ok", "--nnodes"),
+    (["--nproc-per-node", "0"], "ok", "at least 1"),
+    (["--nproc-per-node", "-1"], "ok", "at least 1"),
+    (["--nproc-per-node", "abc"], "ok", "--nproc-per-node"),
+    ([], "missing", "script not found"),
+    (["--no-python"], "not_executable", "not executable"),
+    (["--no-python"], "not_found_on_path", "not found on PATH"),
+    (["-m", "--no-python"], "ok", "cannot be used together"),
+    (["--max-restarts", "-1"], "ok", "--max-restarts"),
+    (["--monitor-interval", "0"], "ok", "--monitor-interval"),
+    (["--rdzv-conf", "join_timeout"], "ok", "--rdzv-conf"),
+    (["--rdzv-conf", "nope=1"], "ok", "unknown key"),
+    (["--rdzv-endpoint", "host:port"], "ok", "--rdzv-endpoint"),
+    (["--rdzv-endpoint", "::1:80"], "ok", "brackets"),
+    (["--master-port", "70000"], "ok", "--master-port"),
+    (["--rdzv-backend", "zookeeper"], "ok", "--rdzv-backend"),
+    (["--signals-to-handle", "SIGNOPE"], "ok", "unknown signal"),
+    (["--standalone", "--nnodes", "2"], "ok", "--standalone"),
+    (["--numa-binding", "node"], "ok", "not supported yet"),
+    (["--redirects", "7"], "ok", "--redirects"),
+    (["--ranks-filter", "x"], "ok", "--ranks-filter"),
+    (["--shutdown-timeout", "soon"], "ok", "--shutdown-timeout"),
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("args", "kind", "words"), CASES, ids=[" ".join(c[0]) + f" [{c[1]}]" for c in CASES])
+def test_bad_input(tmp_path: Path, args: list[str], kind: str, words: str) -> None:
+    marker = tmp_path / "started"
+    script = tmp_path / "train.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    if kind == "missing":
+        target = str(tmp_path / "nope.py")
+    elif kind == "not_executable":
+        target = str(script)
+        os.chmod(script, stat.S_IRUSR | stat.S_IWUSR)
+    elif kind == "not_found_on_path":
+        target = "no-such-program-xyz"
+    else:
+        target = str(script)
+    r = run_elaunch([*args, target])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("elaunch: error: ")
+    assert words in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not marker.exists()
+    assert r.stdout == ""
+
+
+@pytest.mark.timeout(30)
+def test_missing_script_argument(tmp_path: Path) -> None:
+    r = run_elaunch(["--nproc-per-node", "2"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["elaunch: error: Missing argument 'TRAINING_SCRIPT'."]
+
+
+@pytest.mark.timeout(30)
+def test_multi_node_is_refused_until_supported(tmp_path: Path) -> None:
+    script = tmp_path / "t.py"
+    script.write_text("")
+    r = run_elaunch(["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:1", str(script)])
+    assert r.returncode == 2
+    assert "not supported yet" in r.stderr

@@ -1,0 +1,209 @@
+"""Process supervision with real processes and real signals: nothing outlives the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import start_elaunch, wait_until, write_script
+
+# Each worker starts a grandchild (a sleeping python) and records both pids, then waits.
+FAMILY = """
+import os, signal, subprocess, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+mode = sys.argv[1] if len(sys.argv) > 1 else ""
+if "ignore_term" in mode:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if "ignore_int" in mode:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+if "usr1" in mode:
+    def on_usr1(sig, frame):
+        open(os.path.join(here, "usr1-" + os.environ["RANK"]), "w").close()
+    signal.signal(signal.SIGUSR1, on_usr1)
+if "term_msg" in mode:
+    def on_term(sig, frame):
+        print("rank", os.environ["RANK"], "got", signal.Signals(sig).name, flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", here])
+with open(os.path.join(here, "pids-%s-%s" % (os.environ["RANK"], os.environ["TORCHELASTIC_RESTART_COUNT"])), "w") as f:
+    f.write("%d %d" % (os.getpid(), child.pid))
+print("ready", os.environ["RANK"], flush=True)
+if "crash0" in mode and os.environ["RANK"] == "0" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+    sys.exit(4)
+if "finish" in mode:
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] != "0" or "crash0" not in mode:
+        sys.exit(0)
+deadline = time.time() + 120
+while time.time() < deadline:
+    if "usr1" in mode and os.path.exists(os.path.join(here, "usr1-" + os.environ["RANK"])):
+        sys.exit(0)
+    time.sleep(0.05)
+"""
+
+
+def _pids(tmp_path: Path, n: int, restart: int = 0) -> list[int]:
+    files = [tmp_path / f"pids-{r}-{restart}" for r in range(n)]
+    wait_until(lambda: all(f.exists() and f.read_text() for f in files), 30, f"{n} workers to start")
+    return [int(p) for f in files for p in f.read_text().split()]
+
+
+def _all_gone(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+def _own_traceback(err: str) -> bool:
+    """A traceback of elaunch itself (workers' lines carry a rank prefix)."""
+    return any(line.startswith("Traceback") for line in err.splitlines())
+
+
+def _finish(p: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_of_agent_leaves_no_worker_or_grandchild(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    p = start_elaunch(["--nproc-per-node", "2", str(script), "wait"])
+    pids = _pids(tmp_path, 2)
+    p.kill()
+    p.wait(10)
+    wait_until(lambda: _all_gone(pids), 10, "workers and their children to die with the agent")
+    p.communicate()
+
+
+@pytest.mark.timeout(60)
+def test_agent_killed_by_unhandled_signal_leaves_nothing(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    p = start_elaunch(["--nproc-per-node", "1", "--signals-to-handle", "SIGTERM", str(script), "wait"])
+    pids = _pids(tmp_path, 1)
+    p.send_signal(signal.SIGUSR2)  # not handled: the default action ends the agent
+    p.wait(10)
+    assert p.returncode == -signal.SIGUSR2
+    wait_until(lambda: _all_gone(pids), 10, "workers to die with the agent")
+    p.communicate()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_shutdown_signal_is_forwarded(tmp_path: Path, sig: int, code: int) -> None:
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    p = start_elaunch(["--nproc-per-node", "2", str(script), "term_msg"])
+    pids = _pids(tmp_path, 2)
+    p.send_signal(sig)
+    rc, out, err = _finish(p)
+    assert rc == code, err
+    name = "SIGINT" if sig == signal.SIGINT else signal.Signals(sig).name
+    if sig != signal.SIGHUP:
+        assert f"[0] rank 0 got {name}" in out and f"[1] rank 1 got {name}" in out
+    assert not _own_traceback(err)
+    assert f"job STOPPED by {signal.Signals(sig).name}" in err
+    wait_until(lambda: _all_gone(pids), 10, "workers and children gone")
+
+
+@pytest.mark.timeout(60)
+def test_worker_ignoring_sigterm_is_killed_after_shutdown_timeout(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    p = start_elaunch(["--nproc-per-node", "1", "--shutdown-timeout", "1", str(script), "ignore_term"])
+    pids = _pids(tmp_path, 1)
+    p.send_signal(signal.SIGTERM)
+    rc, _, err = _finish(p)
+    assert rc == 143
+    assert "still running 1s after SIGTERM: sending SIGKILL" in err
+    wait_until(lambda: _all_gone(pids), 10, "stuck worker killed")
+
+
+@pytest.mark.timeout(60)
+def test_second_ctrl_c_kills_at_once_third_changes_nothing(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    # The grace is far longer than the test's timeout: only the second Ctrl-C can end this in time.
+    p = start_elaunch(["--nproc-per-node", "2", "--shutdown-timeout", "600", str(script), "ignore_term,ignore_int"])
+    pids = _pids(tmp_path, 2)
+    p.send_signal(signal.SIGINT)
+    assert p.stderr is not None
+    seen = []
+    for line in p.stderr:
+        seen.append(line)
+        if "SIGINT received: stopping" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    try:
+        p.send_signal(signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    rc, _, err = _finish(p)
+    assert rc == 130, "".join(seen) + err
+    assert "SIGINT received again: killing the workers now" in err
+    assert not _own_traceback(err)
+    wait_until(lambda: _all_gone(pids), 10, "workers killed")
+
+
+@pytest.mark.timeout(60)
+def test_usr1_reaches_workers_and_job_continues(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    p = start_elaunch(["--nproc-per-node", "2", str(script), "usr1"])
+    _pids(tmp_path, 2)
+    p.send_signal(signal.SIGUSR1)
+    rc, _, err = _finish(p)
+    assert rc == 0, err
+    assert (tmp_path / "usr1-0").exists() and (tmp_path / "usr1-1").exists()
+    assert "SIGUSR1 received: passed on to the workers" in err
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_timeout_is_honoured_on_restart(tmp_path: Path) -> None:
+    # Rank 0 crashes; rank 1 ignores SIGTERM: the restart must SIGKILL it after 1 s, not 30.
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    p = start_elaunch(
+        [
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            "--shutdown-timeout",
+            "1",
+            str(script),
+            "ignore_term,crash0,finish",
+        ]
+    )
+    first = _pids(tmp_path, 2, restart=0)
+    rc, _, err = _finish(p, timeout=25)
+    assert rc == 0, err
+    assert "still running 1s after SIGTERM: sending SIGKILL" in err
+    assert "restart 1 of 1, 0 left" in err
+    assert _all_gone(first)
+
+
+@pytest.mark.timeout(60)
+def test_grandchildren_are_cleaned_after_success(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    p = start_elaunch(["--nproc-per-node", "2", str(script), "finish"])
+    pids = _pids(tmp_path, 2)
+    rc, _, err = _finish(p)
+    assert rc == 0, err
+    wait_until(lambda: _all_gone(pids), 10, "the workers' children to be cleaned up")
+
+
+@pytest.mark.timeout(60)
+def test_workers_run_in_their_own_process_groups(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    p = start_elaunch(["--nproc-per-node", "2", str(script), "wait"])
+    pids = _pids(tmp_path, 2)
+    workers = pids[0::2]
+    assert [os.getpgid(w) for w in workers] == workers
+    assert os.getpgid(pids[1]) == workers[0]
+    p.send_signal(signal.SIGTERM)
+    assert _finish(p)[0] == 143

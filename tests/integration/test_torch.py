@@ -1,0 +1,62 @@
+"""torch.distributed with gloo under elaunch: what training scripts actually call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_elaunch, write_script
+
+pytest.importorskip("torch")
+
+GLOO = """
+import os, sys
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+@record
+def main():
+    assert dist.is_torchelastic_launched(), "not seen as a torchelastic launch"
+    method = sys.argv[1]
+    if method == "env":
+        dist.init_process_group("gloo")
+    else:
+        url = "tcp://%s:%s" % (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+        dist.init_process_group("gloo", init_method=url, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))
+    t = torch.tensor([float(dist.get_rank() + 1)])
+    dist.all_reduce(t)
+    n = dist.get_world_size()
+    assert t.item() == n * (n + 1) / 2, t
+    print("allreduce ok", dist.get_rank(), n, method, flush=True)
+    if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
+        raise RuntimeError("deliberate failure in rank %s" % os.environ["RANK"])
+    dist.barrier()
+    dist.destroy_process_group()
+
+main()
+"""
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["env", "tcp"])
+def test_gloo_allreduce_four_workers(tmp_path: Path, method: str) -> None:
+    script = write_script(tmp_path, "gloo.py", GLOO)
+    r = run_elaunch(["--standalone", "--nproc-per-node", "4", str(script), method], timeout=110)
+    assert r.returncode == 0, r.stderr
+    for rank in range(4):
+        assert f"[{rank}] allreduce ok {rank} 4 {method}" in r.stdout
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_record_error_file_reaches_report(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "gloo.py", GLOO)
+    r = run_elaunch(["--nproc-per-node", "2", str(script), "env"], env={"FAIL_RANK": "1"}, timeout=110)
+    assert r.returncode == 1
+    assert "root cause: rank 1" in r.stderr
+    assert "deliberate failure in rank 1" in r.stderr
+    assert "error: " in r.stderr  # the message from torch's error file, written by @record

@@ -1,0 +1,78 @@
+"""Pipe bytes -> whole lines: nothing lost, cut or duplicated; progress bars collapsed."""
+
+from __future__ import annotations
+
+import random
+
+from elaunch.logs import MAX_LINE, LineBuffer, collapse_cr, prefix_lines
+from elaunch.tails import extract_traceback
+
+
+def test_lines_survive_any_chunking() -> None:
+    rng = random.Random(1)
+    text = b"".join(b"line %d " % i + b"x" * rng.randrange(0, 200) + b"\n" for i in range(2000))
+    buf = LineBuffer()
+    out = []
+    i = 0
+    while i < len(text):
+        n = rng.randrange(1, 700)
+        lines, _ = buf.feed(text[i : i + n])
+        assert lines == b"" or lines.endswith(b"\n")
+        out.append(lines)
+        i += n
+    out.append(buf.flush())
+    assert b"".join(out) == text
+
+
+def test_last_line_without_newline_is_flushed() -> None:
+    buf = LineBuffer()
+    assert buf.feed(b"a\nb") == (b"a\n", None)
+    assert buf.flush() == b"b\n"
+    assert buf.flush() == b""
+
+
+def test_invalid_utf8_passes_through() -> None:
+    buf = LineBuffer()
+    lines, _ = buf.feed(b"\xff\xfe bad\n")
+    assert lines == b"\xff\xfe bad\n"
+
+
+def test_long_line_is_passed_on_in_pieces() -> None:
+    buf = LineBuffer()
+    lines, _ = buf.feed(b"x" * (MAX_LINE + 10))
+    assert lines == b"x" * (MAX_LINE + 10) + b"\n"
+
+
+def test_progress_is_reported_and_collapsed() -> None:
+    buf = LineBuffer()
+    lines, progress = buf.feed(b"\r 10%|#  |\r 20%|## |")
+    assert lines == b""
+    assert progress == b" 20%|## |"
+    lines, progress = buf.feed(b"\r100%|###|\n")
+    assert lines == b"100%|###|\n"
+    assert progress is None
+
+
+def test_collapse_crlf() -> None:
+    assert collapse_cr(b"a\r\nb\r\n") == b"a\nb\n"
+
+
+def test_prefix_lines() -> None:
+    assert prefix_lines(b"a\nb\n", b"[0] ") == b"[0] a\n[0] b\n"
+    assert prefix_lines(b"a\n", b"") == b"a\n"
+
+
+def test_extract_traceback() -> None:
+    lines = [
+        "noise",
+        "Traceback (most recent call last):",
+        '  File "t.py", line 3, in <module>',
+        "    main()",
+        "RuntimeError: bad",
+        "more noise",
+    ]
+    tb = extract_traceback(lines)
+    assert tb is not None
+    assert tb.splitlines()[0] == "Traceback (most recent call last):"
+    assert tb.splitlines()[-1] == "RuntimeError: bad"
+    assert extract_traceback(["no traceback here"]) is None

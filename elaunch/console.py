@@ -172,6 +172,12 @@ class PlainConsole:
             self._progress_at.pop(e.local_rank * 4 + e.stream, None)
         elif isinstance(e, ev.WorkerProgress):
             self._progress(e)
+        elif isinstance(e, ev.RunFinished):
+            # The report is a block: a stamped first line, then the lines as they are.
+            head, *rest = report(e.result, e.remote_failures).split("\n")
+            self.note(head, e.ts)
+            if rest:
+                self._write(self._err, ("\n".join(rest) + "\n").encode(errors="replace"))
         else:
             text = describe(e, self)
             if text:
@@ -253,8 +259,6 @@ def describe(e: ev.Event, con: PlainConsole) -> str | None:
         }.get(e.action)
     if isinstance(e, ev.Message):
         return e.text if e.level == "info" else f"{e.level}: {e.text}"
-    if isinstance(e, ev.RunFinished):
-        return report(e.result, e.remote_failures)
     return None
 
 

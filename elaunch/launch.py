@@ -14,8 +14,8 @@ from elaunch.agent import Agent, SignalPolicy, host_name
 from elaunch.config import LaunchConfig
 from elaunch.console import ConsoleOptions, Formatter, PlainConsole
 from elaunch.devices import device_counts
-from elaunch.errors import ConfigError, NotSupportedError
-from elaunch.events import Bus, Sink
+from elaunch.errors import ConfigError, ElaunchError, NotSupportedError
+from elaunch.events import Bus, RunFinished, Sink
 from elaunch.logfiles import LogFiles
 from elaunch.ranks import assign_ranks, worker_argv, worker_env
 from elaunch.reaper import Reaper
@@ -23,7 +23,7 @@ from elaunch.rendezvous.api import NodeInfo, Rendezvous, RendezvousInfo
 from elaunch.rendezvous.local import LocalRendezvous
 from elaunch.rundir import RunDir
 from elaunch.signals import SignalTrap
-from elaunch.spec import RunResult, WorkerSpec
+from elaunch.spec import RunResult, WorkerSpec, WorkerState
 from elaunch.tails import OutputTails
 from elaunch.workers import LocalProcesses
 
@@ -217,31 +217,24 @@ def launch(
     run_dir: RunDir | None = None
     procs: LocalProcesses | None = None
     rdzv: Rendezvous | None = None
+    host = host_name(config.local_addr)
     try:
-        rdzv = make_rendezvous(config)
-        run_dir = RunDir(config.log_dir, rdzv.run_id, reaper)
-        host = host_name(config.local_addr)
-        tails = OutputTails()
-        bus.subscribe(tails)
-        color = stdout is None and _use_color(sys.stdout, env)
-        fmt = Formatter(
-            ConsoleOptions(
-                prefix_template=config.log_line_prefix,
-                multi_node=not config.single_node,
-                color=color,
-                local_ranks_filter=config.local_ranks_filter,
-                ranks_filter=config.ranks_filter,
-                redirects=config.redirects,
-                tee=config.tee,
-            ),
-            host=host,
-            role=config.role,
-        )
-        bus.subscribe(PlainConsole(out, err, fmt))
-        if config.redirects.default or config.redirects.per_rank or config.tee.default or config.tee.per_rank:
-            bus.subscribe(LogFiles(run_dir, config.redirects, config.tee))
+        for s in _sinks(config, env, host, out, err, terminal=stdout is None):
+            bus.subscribe(s)
         for s in sinks:
             bus.subscribe(s)
+        tails = OutputTails()
+        bus.subscribe(tails)
+        try:
+            rdzv = make_rendezvous(config)
+            run_dir = RunDir(config.log_dir, rdzv.run_id, reaper)
+        except ElaunchError as e:
+            # Nothing ran, but the user (and --summary-file) still learn why.
+            result = RunResult(state=WorkerState.FAILED, message=e.message)
+            bus.publish(RunFinished(result=result))
+            return result
+        if config.redirects.default or config.redirects.per_rank or config.tee.default or config.tee.per_rank:
+            bus.subscribe(LogFiles(run_dir, config.redirects, config.tee))
         procs = LocalProcesses(bus, trap, reaper)
         agent = Agent(
             make_spec(config, rdzv, env),
@@ -266,6 +259,47 @@ def launch(
             run_dir.cleanup()
         trap.close()
         reaper.close()
+
+
+def _live_wanted(config: LaunchConfig, env: Mapping[str, str]) -> bool:
+    if config.live is False or env.get("NO_COLOR") or env.get("TERM") == "dumb":
+        return False
+    return sys.stdout.isatty()
+
+
+def _sinks(config: LaunchConfig, env: Mapping[str, str], host: str, out: Any, err: Any, terminal: bool) -> list[Sink]:
+    """Console (live on a terminal, plain otherwise) and the machine-readable records."""
+    live = terminal and _live_wanted(config, env)
+    fmt = Formatter(
+        ConsoleOptions(
+            prefix_template=config.log_line_prefix,
+            multi_node=not config.single_node,
+            color=terminal and _use_color(sys.stdout, env),
+            local_ranks_filter=config.local_ranks_filter,
+            ranks_filter=config.ranks_filter,
+            redirects=config.redirects,
+            tee=config.tee,
+        ),
+        host=host,
+        role=config.role,
+    )
+    plain = PlainConsole(out, err, fmt)
+    sinks: list[Sink] = []
+    if live:
+        from elaunch.liveview import LiveConsole
+
+        sinks.append(LiveConsole(plain, stderr_is_tty=sys.stderr.isatty()))
+    else:
+        sinks.append(plain)
+    if config.events_file:
+        from elaunch.records import EventsFile
+
+        sinks.append(EventsFile(config.events_file))
+    if config.summary_file:
+        from elaunch.records import SummaryFile
+
+        sinks.append(SummaryFile(config.summary_file))
+    return sinks
 
 
 def plan_env(

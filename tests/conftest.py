@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import importlib
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import kill_all, procs_with
+
+# The test bed (fake hosts, etcd, SLURM) lives in scripts/testbed; its fixtures serve every test.
+_SCRIPTS = str(Path(__file__).resolve().parents[1] / "scripts")
+if _SCRIPTS not in sys.path:
+    sys.path.insert(0, _SCRIPTS)
+_fixtures = importlib.import_module("testbed.fixtures")
+netns_cluster = _fixtures.netns_cluster
+etcd_factory = _fixtures.etcd_factory
+etcd_server = _fixtures.etcd_server
+slurm_cluster = _fixtures.slurm_cluster
 
 
 def _tmp_dirs() -> set[str]:

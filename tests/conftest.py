@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import importlib
 import sys
 import time
@@ -24,14 +23,16 @@ etcd_server = _fixtures.etcd_server
 slurm_cluster = _fixtures.slurm_cluster
 
 
-def _tmp_dirs() -> set[str]:
-    return set(glob.glob("/tmp/elaunch-*")) | set(glob.glob("/tmp/torchelastic_*"))
-
-
 @pytest.fixture(autouse=True)
-def no_leftovers(tmp_path: Path) -> Iterator[None]:
-    """Workers are started from scripts in tmp_path: any process naming it afterwards is a leak."""
-    before = _tmp_dirs()
+def no_leftovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Workers are started from scripts in tmp_path: any process naming it afterwards is a leak.
+
+    elaunch (and torch) make their temporary directories under TMPDIR, pointed here at a private
+    directory that must be empty again at the end.
+    """
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
     yield
     # A SIGKILLed process needs a moment to die: wait for it, bounded, before calling it a leak.
     deadline = time.monotonic() + 5
@@ -41,5 +42,5 @@ def no_leftovers(tmp_path: Path) -> Iterator[None]:
         left = procs_with(str(tmp_path))
     kill_all(left)
     assert not left, f"processes left behind: {[(p.pid, p.info.get('cmdline')) for p in left]}"
-    new_dirs = _tmp_dirs() - before
-    assert not new_dirs, f"temporary directories left behind: {sorted(new_dirs)}"
+    leftover = sorted(p.name for p in tmpdir.iterdir())
+    assert not leftover, f"temporary files left behind in TMPDIR: {leftover}"

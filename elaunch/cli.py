@@ -127,6 +127,10 @@ def main(ctx: click.Context, **opts: Any) -> None:
     for name in opts:
         src = ctx.get_parameter_source(name)
         sources[name] = {"COMMANDLINE": "option", "ENVIRONMENT": "environment"}.get(src.name if src else "", "default")
+    if "SLURM_JOB_ID" in os.environ:
+        from elaunch.slurm import apply_slurm_defaults
+
+        apply_slurm_defaults(opts, sources, os.environ)
     config = build_config(opts, sources, os.environ)
     if config.dry_run:
         print_plan(config, sys.stdout)

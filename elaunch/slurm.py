@@ -71,7 +71,7 @@ def _gpus(env: Mapping[str, str]) -> int | None:
     if raw and raw.strip().isdigit():
         return int(raw)
     visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and env.get("SLURM_JOB_GPUS", env.get("SLURM_STEP_GPUS")):
+    if visible is not None and (env.get("SLURM_JOB_GPUS") or env.get("SLURM_STEP_GPUS")):
         ids = [x for x in visible.split(",") if x.strip()]
         return len(ids)
     return None

@@ -277,3 +277,21 @@ def test_no_torch_import_in_agent(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "TORCH_LOADED=False" in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_nproc_gpu_counts_visible_devices_without_torch(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "dump.py", DUMP_ENV)
+    r = run_elaunch(["--nproc-per-node", "gpu", str(script)], env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert r.returncode == 0, r.stderr
+    assert {e["WORLD_SIZE"] for e in _envs(tmp_path, 2)} == {"2"}
+    r = run_elaunch(["--nproc-per-node", "gpu", str(script)], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 2 and "no CUDA GPUs" in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_local_addr_is_master_addr_standalone(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "dump.py", DUMP_ENV)
+    r = run_elaunch(["--standalone", "--local-addr", "localhost", str(script)])
+    assert r.returncode == 0, r.stderr
+    assert _envs(tmp_path, 1)[0]["MASTER_ADDR"] == "localhost"

@@ -60,3 +60,12 @@ def test_record_error_file_reaches_report(tmp_path: Path) -> None:
     assert "root cause: rank 1" in r.stderr
     assert "deliberate failure in rank 1" in r.stderr
     assert "error: " in r.stderr  # the message from torch's error file, written by @record
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_readme_demo_trains(tmp_path: Path) -> None:
+    demo = Path(__file__).resolve().parents[2] / "examples" / "ddp_demo.py"
+    r = run_elaunch(["--standalone", "--nproc-per-node", "2", str(demo), "--epochs", "1"], timeout=110)
+    assert r.returncode == 0, r.stderr
+    assert "[0] done: final loss" in r.stdout

@@ -109,9 +109,15 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         if sources.get("rdzv_id", "default") == "default":
             run_id = str(uuid.uuid4())
     if max_n > 1:
-        raise NotSupportedError(
-            f"--nnodes {opts['nnodes']}: multi-node rendezvous ({backend}) is not supported yet; run one node"
-        )
+        if backend in ("etcd", "etcd-v2"):
+            raise NotSupportedError(f"--rdzv-backend {backend} is not supported yet; use c10d or static")
+        if backend == "c10d" and endpoint is None:
+            raise ConfigError("--rdzv-endpoint host[:port] is required with --rdzv-backend c10d and --nnodes > 1")
+        if backend == "static" and min_n != max_n:
+            raise ConfigError(f"--rdzv-backend static needs a fixed number of nodes, got --nnodes {opts['nnodes']}")
+        if backend == "static" and endpoint is not None:
+            master_addr_opt, master_port = endpoint.host, endpoint.port
+            opts = {**opts, "master_addr": master_addr_opt}
     if opts["virtual_local_rank"]:
         visible = env.get("CUDA_VISIBLE_DEVICES")
         if visible is not None and nproc > len([g for g in visible.split(",") if g.strip()]):
@@ -166,7 +172,31 @@ def make_rendezvous(config: LaunchConfig) -> Rendezvous:
             master_addr=_master_addr(config),
             master_port=0 if config.standalone else (config.master_port or cfg.DEFAULT_MASTER_PORT),
         )
-    raise NotSupportedError("multi-node rendezvous is not supported yet")
+    if config.rdzv_backend == "static":
+        from elaunch.rendezvous.static import create_static_rendezvous
+
+        return create_static_rendezvous(
+            config.master_addr,
+            config.master_port or cfg.DEFAULT_MASTER_PORT,
+            config.run_id,
+            config.max_nodes,
+            config.node_rank,
+            config.rdzv_conf,
+            config.local_addr,
+        )
+    if config.rdzv_backend == "c10d" and config.rdzv_endpoint is not None:
+        from elaunch.rendezvous.dynamic import create_c10d_rendezvous
+
+        return create_c10d_rendezvous(
+            config.rdzv_endpoint.host,
+            config.rdzv_endpoint.port,
+            config.run_id,
+            config.min_nodes,
+            config.max_nodes,
+            config.rdzv_conf,
+            config.local_addr,
+        )
+    raise NotSupportedError(f"--rdzv-backend {config.rdzv_backend} is not supported yet")
 
 
 def make_spec(config: LaunchConfig, rdzv: Rendezvous, env: Mapping[str, str]) -> WorkerSpec:
@@ -245,7 +275,7 @@ def launch(
             run_dir=run_dir,
             tails=tails,
             signals=SignalPolicy(shutdown=shutdown_sigs, forward=forward_sigs),
-            node_rank=config.node_rank if config.sources.get("node_rank") in ("option", "environment") else None,
+            node_rank=config.node_rank if config.sources.get("node_rank") in ("option", "environment", "SLURM") else None,
             python=config.entry_kind != "program",
         )
         return agent.run()

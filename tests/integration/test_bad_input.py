@@ -75,9 +75,25 @@ def test_missing_script_argument(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_multi_node_is_refused_until_supported(tmp_path: Path) -> None:
+def test_etcd_backend_is_refused_until_supported(tmp_path: Path) -> None:
     script = tmp_path / "t.py"
     script.write_text("")
-    r = run_elaunch(["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:1", str(script)])
+    r = run_elaunch(["--nnodes", "2", "--rdzv-backend", "etcd", "--rdzv-endpoint", "localhost:2379", str(script)])
     assert r.returncode == 2
     assert "not supported yet" in r.stderr
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--nnodes", "2", "--rdzv-backend", "c10d"], "--rdzv-endpoint host[:port] is required"),
+        (["--nnodes", "1:2", "--rdzv-backend", "static"], "fixed number of nodes"),
+    ],
+)
+def test_multi_node_option_errors(tmp_path: Path, args: list[str], words: str) -> None:
+    script = tmp_path / "t.py"
+    script.write_text("")
+    r = run_elaunch([*args, str(script)])
+    assert r.returncode == 2
+    assert words in r.stderr

@@ -208,28 +208,29 @@ class LocalProcesses:
             if deadline is not None and time.monotonic() >= deadline:
                 return result
 
-    def _read(self, local_rank: int, stream: int) -> None:
+    def _read(self, local_rank: int, stream: int) -> bool:
+        """One read from a worker's pipe; False when nothing more is there now (or ever)."""
         proc = self._procs.get(local_rank)
         if proc is None or stream not in proc.fds:
-            return
-        fd = proc.fds[stream]
+            return False
         try:
-            data = os.read(fd, 1 << 20)
+            data = os.read(proc.fds[stream], 1 << 20)
         except BlockingIOError:
-            return
+            return False
         except OSError as e:
             if e.errno != errno.EIO:
                 raise
             data = b""
         if not data:
             self._close_stream(proc, stream)
-            return
+            return False
         lines, progress = proc.bufs[stream].feed(data)
         gr = proc.plan.global_rank
         if lines:
             self._bus.publish(WorkerOutput(local_rank=local_rank, global_rank=gr, stream=stream, data=lines))
         if progress is not None:
             self._bus.publish(WorkerProgress(local_rank=local_rank, global_rank=gr, stream=stream, text=progress))
+        return True
 
     def _close_stream(self, proc: _Proc, stream: int) -> None:
         fd = proc.fds.pop(stream)
@@ -249,27 +250,9 @@ class LocalProcesses:
     def _drain(self, proc: _Proc) -> None:
         """Read what a finished worker left in its pipes, so output comes before its exit."""
         for stream in (1, 2):
-            for _ in range(1024):
-                if stream not in proc.fds:
+            for _ in range(1024):  # bounded: a child of the worker may still be writing
+                if not self._read(proc.plan.local_rank, stream):
                     break
-                fd = proc.fds[stream]
-                try:
-                    data = os.read(fd, 1 << 20)
-                except BlockingIOError:
-                    break
-                if not data:
-                    self._close_stream(proc, stream)
-                    break
-                lines, _progress = proc.bufs[stream].feed(data)
-                if lines:
-                    self._bus.publish(
-                        WorkerOutput(
-                            local_rank=proc.plan.local_rank,
-                            global_rank=proc.plan.global_rank,
-                            stream=stream,
-                            data=lines,
-                        )
-                    )
 
     def _reap(self, local_rank: int, result: Wakeup) -> None:
         proc = self._procs.get(local_rank)

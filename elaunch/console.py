@@ -130,6 +130,7 @@ class PlainConsole:
         self._dead: set[int] = set()
         self._progress_at: dict[int, float] = {}
         self._started: list[ev.WorkerStarted] = []
+        self._dirty = False
 
     # -- writing --------------------------------------------------------------------------
     def _write(self, f: BinaryIO, data: bytes) -> None:
@@ -140,6 +141,7 @@ class PlainConsole:
                 self._last.flush()
             self._last = f
             f.write(data)
+            self._dirty = True
         except (BrokenPipeError, ValueError, OSError):
             self._dead.add(id(f))
 
@@ -153,6 +155,9 @@ class PlainConsole:
         self._write(self._err, "".join(head + line + "\n" for line in lines).encode(errors="replace"))
 
     def flush(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
         for f in (self._out, self._err):
             if id(f) not in self._dead:
                 try:

@@ -19,12 +19,12 @@ def _now() -> float:
     return time.time()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Event:
     ts: float = field(default_factory=_now)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RunStarted(Event):
     run_id: str
     host: str
@@ -35,12 +35,12 @@ class RunStarted(Event):
     max_restarts: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RendezvousStarted(Event):
     attempt: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RendezvousDone(Event):
     round: int
     group_rank: int
@@ -52,7 +52,7 @@ class RendezvousDone(Event):
     duration: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerStarted(Event):
     local_rank: int
     global_rank: int
@@ -62,7 +62,7 @@ class WorkerStarted(Event):
     argv: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerStateChanged(Event):
     """A worker moved between WorkerStates; exit code/signal are set when it ended."""
 
@@ -77,14 +77,14 @@ class WorkerStateChanged(Event):
     stopped_by_agent: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class GroupStateChanged(Event):
     old: WorkerState
     new: WorkerState
     restart: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerOutput(Event):
     """Complete lines (each ending in b"\\n") a worker wrote on `stream` 1 (stdout) or 2 (stderr)."""
 
@@ -94,7 +94,7 @@ class WorkerOutput(Event):
     data: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerProgress(Event):
     """The latest state of a `\\r`-updated line (a progress bar) that has no newline yet."""
 
@@ -104,7 +104,7 @@ class WorkerProgress(Event):
     text: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RestartDecided(Event):
     """The agent restarts the group; `membership` restarts do not use up the failure budget."""
 
@@ -115,7 +115,7 @@ class RestartDecided(Event):
     membership_restarts: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class MembershipChanged(Event):
     waiting: int
     lost: tuple[str, ...]
@@ -123,14 +123,14 @@ class MembershipChanged(Event):
     reason: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SignalReceived(Event):
     signal: int
     action: str
     """'forward' (job keeps running), 'shutdown' or 'kill' (second signal)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Message(Event):
     """A note from the agent that fits no other event (warnings, hints)."""
 
@@ -138,7 +138,7 @@ class Message(Event):
     text: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RunFinished(Event):
     result: RunResult
     remote_failures: tuple[str, ...] = ()

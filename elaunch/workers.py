@@ -185,19 +185,14 @@ class LocalProcesses:
             if not self._use_pidfd:
                 remaining = 0.05 if remaining is None else min(remaining, 0.05)
             ready = self._sel.select(remaining)
-            for key, _ in ready:
-                tag = key.data
-                if tag[0] == "out":
-                    self._read(tag[1], tag[2])
-                elif tag[0] == "exit":
-                    self._reap(tag[1], result)
-                elif tag[0] == "wake":
-                    with contextlib.suppress(BlockingIOError):
-                        while self._wake_r.recv(4096):
-                            pass
-                    result.woken = True
-                elif tag[0] == "signal" and self._trap is not None:
-                    result.signals.extend(self._trap.drain())
+            # Under a flood of output keep reading while data is ready and flush once when idle:
+            # a flush per tiny read (unbuffered workers write each line in two calls) is costly.
+            for _ in range(64):
+                for key, _ in ready:
+                    self._dispatch(key.data, result)
+                if result.exits or result.signals or result.woken or not ready:
+                    break
+                ready = self._sel.select(0)
             if not self._use_pidfd:
                 for lr, p in list(self._procs.items()):
                     if p.exit is None and p.popen.poll() is not None:
@@ -207,6 +202,20 @@ class LocalProcesses:
                 return result
             if deadline is not None and time.monotonic() >= deadline:
                 return result
+
+    def _dispatch(self, tag: tuple[object, ...], result: Wakeup) -> None:
+        kind = tag[0]
+        if kind == "out":
+            self._read(tag[1], tag[2])  # type: ignore[arg-type]
+        elif kind == "exit":
+            self._reap(tag[1], result)  # type: ignore[arg-type]
+        elif kind == "wake":
+            with contextlib.suppress(BlockingIOError):
+                while self._wake_r.recv(4096):
+                    pass
+            result.woken = True
+        elif kind == "signal" and self._trap is not None:
+            result.signals.extend(self._trap.drain())
 
     def _read(self, local_rank: int, stream: int) -> bool:
         """One read from a worker's pipe; False when nothing more is there now (or ever)."""

@@ -90,7 +90,9 @@ def main() -> int:
     if rank == 0:
         print(f"done: final loss {loss_avg:.4f} (world size {world_size})", flush=True)
     if not ok:
-        print(f"rank {rank}: parameters differ from rank 0's by up to {diff:g}", file=sys.stderr, flush=True)
+        print(
+            f"rank {rank}: parameters differ between ranks (max |p - p_rank0| = {diff:g})", file=sys.stderr, flush=True
+        )
     dist.destroy_process_group()
     return 0 if ok else 1
 

@@ -7,6 +7,9 @@ NPROC ?= 2
 
 .PHONY: install install-dev testbed demo test test-fast lint format bench bench-quick clean
 
+# SLURM examples: make slurm-one / slurm-multi / slurm-elastic (submit with sbatch).
+include scripts/slurm/slurm.mk
+
 install:
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e .

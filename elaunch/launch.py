@@ -275,7 +275,9 @@ def launch(
             run_dir=run_dir,
             tails=tails,
             signals=SignalPolicy(shutdown=shutdown_sigs, forward=forward_sigs),
-            node_rank=config.node_rank if config.sources.get("node_rank") in ("option", "environment", "SLURM") else None,
+            node_rank=config.node_rank
+            if config.sources.get("node_rank") in ("option", "environment", "SLURM")
+            else None,
             python=config.entry_kind != "program",
         )
         return agent.run()
@@ -369,6 +371,8 @@ def plan_env(
             virtual_local_rank=config.virtual_local_rank,
         )
         added = {k: v for k, v in wenv.items() if env.get(k) != v}
+        if not config.single_node and config.rdzv_backend == "c10d":
+            added.update(MASTER_ADDR="<rank 0's node>", MASTER_PORT="<chosen at rendezvous>")
         out.append((r, worker_argv(config.entry_argv, 1, r.local_rank), added))
     return info, out
 
@@ -392,6 +396,13 @@ def print_plan(config: LaunchConfig, out: TextIO, env: Mapping[str, str] | None 
         ("shutdown_timeout", f"{config.shutdown_timeout:g}s", src.get("shutdown_timeout", "default")),
         ("master", f"{info.master_addr}:{info.master_port or '<free port>'}", src.get("master_port", "default")),
     ]
+    if not config.single_node:
+        # Where the nodes meet and this node's place (both filled from the step under SLURM).
+        rows.insert(3, ("node_rank", str(config.node_rank), src.get("node_rank", "default")))
+        if config.rdzv_endpoint is not None:
+            rows.insert(3, ("rdzv_endpoint", str(config.rdzv_endpoint), src.get("rdzv_endpoint", "default")))
+        if config.rdzv_backend == "c10d":
+            rows[-1] = ("master", "<rank 0's node>:<free port>", "chosen at rendezvous")
     out.write("elaunch dry run: nothing is started\n")
     for name, value, where in rows:
         out.write(f"  {name:<17} {value:<28} ({where})\n")

@@ -119,6 +119,7 @@ class Agent:
         self._failures: dict[int, WorkerFailure] = {}
         self._returns: dict[int, int] = {}
         self._last_membership = Membership()
+        self._published: str | None = None
         rdzv.set_wakeup(procs.wake)
 
     # -- public ---------------------------------------------------------------------------
@@ -147,8 +148,8 @@ class Agent:
             result = self._invoke_run()
         except _Interrupted as intr:
             self._stop_workers(intr.sig)
-            self._close(f"{self._host} was stopped by {signal_name(intr.sig)}")
-            result = self._result(WorkerState.STOPPED, interrupted_by=intr.sig)
+            note = self._close(f"{self._host} was stopped by {signal_name(intr.sig)}")
+            result = self._result(WorkerState.STOPPED, interrupted_by=intr.sig, message=note)
         except RendezvousClosedError as e:
             self._stop_workers(signal.SIGTERM)
             result = self._result(WorkerState.FAILED, message=f"the job was closed: {e.message}")
@@ -159,7 +160,7 @@ class Agent:
         remote: tuple[str, ...] = ()
         if result.state != WorkerState.SUCCEEDED:
             try:
-                remote = tuple(self._rdzv.failures())
+                remote = tuple(f for f in self._rdzv.failures() if f != self._published)
             except RendezvousError:
                 remote = ()
         self._bus.publish(ev.RunFinished(result=result, remote_failures=remote))
@@ -193,8 +194,12 @@ class Agent:
                 self._stop_workers(signal.SIGTERM)
                 if cause is not None:
                     self._publish_failure(cause)
-                self._close(f"{self._host} failed: {reason}; no restarts left")
-                return self._result(WorkerState.FAILED)
+                mine = f"{self._host} failed: {reason}; no restarts left"
+                note = self._close(mine)
+                closed = self._rdzv.membership()
+                if note is None and closed.closed and closed.reason and closed.reason != mine:
+                    note = f"the job was closed: {closed.reason}"  # another node gave up first: say why
+                return self._result(WorkerState.FAILED, message=note)
             m = self._rdzv.membership()
             if m != self._last_membership:
                 self._last_membership = m
@@ -446,16 +451,20 @@ class Agent:
     def _publish_failure(self, cause: WorkerFailure) -> None:
         if self._rdzv.max_nodes <= 1:
             return
+        summary = failure_summary(cause)
         try:
-            self._rdzv.publish_failure(failure_summary(cause))
+            self._rdzv.publish_failure(summary)
+            self._published = summary
         except RendezvousError:
             pass
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str) -> str | None:
+        """Close the job for every node; returns why the other nodes could not be told, if so."""
         try:
             self._rdzv.set_closed(reason)
-        except RendezvousError:
-            pass
+        except RendezvousError as e:
+            return f"could not close the job for the other nodes: {e.message}"
+        return None
 
     def _message(self, level: str, text: str) -> None:
         self._bus.publish(ev.Message(level=level, text=text))

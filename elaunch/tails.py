@@ -7,12 +7,16 @@ needed) and last lines when it builds a `WorkerFailure`. Also reads torch's erro
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 
 from elaunch.events import Event, WorkerOutput
 
 TAIL_LINES = 400
 LAST_LINES = 12
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
+"""torch.distributed's excepthook prefixes every traceback line with `[rankN]: ` once a process
+group exists (distributed_c10d.py), so a DDP worker's traceback starts `[rank0]: Traceback ...`."""
 
 
 class OutputTails:
@@ -47,7 +51,8 @@ class OutputTails:
         return tuple(x.decode(errors="replace") for x in lines)
 
     def traceback(self, local_rank: int) -> str | None:
-        return extract_traceback([x.decode(errors="replace") for x in self._err.get(local_rank, ())])
+        lines = [_RANK_PREFIX.sub("", x.decode(errors="replace")) for x in self._err.get(local_rank, ())]
+        return extract_traceback(lines)
 
 
 def extract_traceback(lines: list[str]) -> str | None:

@@ -10,6 +10,7 @@ import pytest
 
 from elaunch import events as ev
 from elaunch.agent import Agent, SignalPolicy
+from elaunch.errors import StoreError
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo
 from elaunch.rendezvous.local import LocalRendezvous
 from elaunch.rundir import RunDir
@@ -284,3 +285,42 @@ def test_states_published_in_order(tmp_path: Path) -> None:
 )
 def test_exit_codes(result: RunResult, code: int) -> None:
     assert result.exit_code == code
+
+
+class CloseRdzv(LocalRendezvous):
+    """Two nodes as seen from one: the first close wins (as in the store), or closing fails."""
+
+    def __init__(self, closed_by_other: str | None = None, store_gone: bool = False) -> None:
+        super().__init__(run_id="c")
+        self.other = closed_by_other
+        self.store_gone = store_gone
+        self._failures = ["host9: rank 3 (pid 9) exited with code 1"]
+
+    @property
+    def max_nodes(self) -> int:
+        return 2
+
+    def set_closed(self, reason: str) -> None:
+        if self.store_gone:
+            raise StoreError("rendezvous store at host1:29400: compare_set failed: connection reset")
+        if self._closed is None:
+            self._closed = self.other or reason
+
+
+def test_failed_node_says_who_closed_the_job_first(tmp_path: Path) -> None:
+    procs = FakeProcesses([exits((0, 1))])
+    agent, rec = make_agent(procs, tmp_path, rdzv=CloseRdzv(closed_by_other="host2 was stopped by SIGTERM"))
+    result = agent.run()
+    assert result.exit_code == 1
+    assert result.message == "the job was closed: host2 was stopped by SIGTERM"
+    (finished,) = [e for e in rec.events if isinstance(e, ev.RunFinished)]
+    assert finished.remote_failures == ("host9: rank 3 (pid 9) exited with code 1",)  # not our own failure
+
+
+def test_failed_node_says_when_the_others_could_not_be_told(tmp_path: Path) -> None:
+    procs = FakeProcesses([exits((0, 1))])
+    agent, _ = make_agent(procs, tmp_path, rdzv=CloseRdzv(store_gone=True))
+    result = agent.run()
+    assert result.exit_code == 1
+    assert result.message is not None
+    assert result.message.startswith("could not close the job for the other nodes: rendezvous store at host1:29400")

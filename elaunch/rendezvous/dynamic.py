@@ -10,6 +10,7 @@ watched by a background thread with O(1) store operations per node per heartbeat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -18,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import quote
 
 from elaunch.config import RDZV_CONF_DEFAULTS
@@ -34,6 +35,8 @@ from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo
 from elaunch.rendezvous.store import Store, connect_store, is_local_address
 
 KEY_ROOT = "/elaunch"
+STORE_LOST = "lost the rendezvous store"
+"""How `Membership.reason` starts when this node lost the store (then: `at host:port: error`)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,11 @@ class RendezvousSettings:
         return min(self.keep_alive_interval, self.heartbeat_timeout / max(1, self.keep_alive_max_attempt))
 
 
-@dataclass(frozen=True)
-class NodeRecord:
-    """A joined node: its stable id, what it told the others, and its claim to group rank 0."""
+class NodeRecord(NamedTuple):
+    """A joined node: its stable id, what it told the others, and its claim to group rank 0.
+
+    A tuple, not a dataclass: every node decodes every other node's record each round.
+    """
 
     id: str
     info: NodeInfo
@@ -99,16 +104,10 @@ class NodeRecord:
         return [self.id, i.host, i.role, i.local_world_size, i.master_port, i.node_rank, self.master_priority]
 
     @classmethod
-    def decode(cls, row: Sequence[object]) -> NodeRecord:
+    def decode(cls, row: Sequence[Any]) -> NodeRecord:
+        """Inverse of `encode` (rows come from json, so numbers are already ints)."""
         nid, host, role, lws, port, rank, prio = row
-        info = NodeInfo(
-            host=str(host),
-            role=str(role),
-            local_world_size=int(lws),  # type: ignore[call-overload]
-            master_port=int(port),  # type: ignore[call-overload]
-            node_rank=None if rank is None else int(rank),  # type: ignore[call-overload]
-        )
-        return cls(str(nid), info, int(prio))  # type: ignore[call-overload]
+        return cls(nid, NodeInfo(host, role, lws, port, rank), prio)
 
 
 def order_nodes(records: Sequence[NodeRecord], max_nodes: int, strict: bool = False) -> list[NodeRecord]:
@@ -144,6 +143,14 @@ def order_nodes(records: Sequence[NodeRecord], max_nodes: int, strict: bool = Fa
             rest.remove(best)
     it = iter(rest)
     return [s if s is not None else next(it) for s in slots]
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_group(raw: bytes) -> tuple[NodeRecord, ...]:
+    """A round's published group. Pure, hence memoised: agents that share a process (tests,
+    the benchmark's threads) decode a round once instead of once each; a real node decodes
+    its own (about 3 ms for 1024 nodes)."""
+    return tuple(NodeRecord.decode(row) for row in json.loads(raw)["nodes"])
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,10 @@ class DynamicRendezvous:
         self._shut = False
 
         store.compare_set(self._k.open_round, "", "0")
+        # Made now, not when first needed: a connection made mid-round costs the server an
+        # accept (and c10d a reverse DNS lookup) while every node is waiting on it.
+        self._ctl = store.clone()
+        self._ctl.set_timeout(min(self._s.read_timeout, self._s.heartbeat_timeout))
 
     # -- Rendezvous protocol ---------------------------------------------------------------
     @property
@@ -262,6 +273,11 @@ class DynamicRendezvous:
     def settings(self) -> RendezvousSettings:
         return self._s
 
+    @property
+    def store_address(self) -> str:
+        """`host:port` of the store (the real port when the endpoint said 0)."""
+        return self._store.address
+
     def next_rendezvous(self, me: NodeInfo) -> RendezvousInfo:
         """Join the next round and block until it is complete (or raise within join_timeout)."""
         with self._main_lock:
@@ -270,9 +286,16 @@ class DynamicRendezvous:
             self._check(st)
             prev = self._round
             open_round = int(st.get(self._k.open_round))
-            rnd = open_round if prev is None else max(prev.number + 1, open_round)
             if prev is not None:
+                rnd = max(prev.number + 1, open_round)
                 self._release(st, prev, prev.rank, self._id)
+            else:
+                rnd = open_round
+                if rnd > 0:  # a job is running: if its round is full, stand by (see below)
+                    running = self._decode_final(st.get(self._k.r(rnd - 1, "final")))
+                    if len(running) >= self._max:
+                        self._standby(st, rnd - 1, running)
+                        deadline = time.monotonic() + self._s.join_timeout
             rec = NodeRecord(self._id, me, self._prio)
             while True:
                 final = self._join_round(st, rnd, rec, deadline)
@@ -284,7 +307,13 @@ class DynamicRendezvous:
                         f"static rendezvous: round {rnd} already has its {len(final)} nodes; this node "
                         f"({me.host}, --node-rank {me.node_rank}) is one too many: check --nnodes and --node-rank"
                     )
-                rnd += 1  # late: wait for the next round; joining it tells the running nodes
+                if len(final) >= self._max:
+                    # The round is full: admitting us would push another node out. Stand by
+                    # without counting as waiting (else the job would restart forever), until
+                    # the round ends for another reason; then join the next one.
+                    self._standby(st, rnd, final)
+                    deadline = time.monotonic() + self._s.join_timeout
+                rnd += 1  # late: join the next round; that tells the running nodes we wait
             new = _Round(rnd, tuple(final), mine[0])
             with self._lock:
                 self._round = new
@@ -323,7 +352,7 @@ class DynamicRendezvous:
         with self._lock:
             if self._closed is None:
                 self._closed = reason
-            store_lost = self._closed.startswith("lost the rendezvous store")
+            store_lost = self._closed.startswith(STORE_LOST)
         if not store_lost:
             with self._ctl_lock:
                 got = self._ctl_store().compare_set(self._k.closed, "", reason).decode(errors="replace")
@@ -422,7 +451,7 @@ class DynamicRendezvous:
         k = self._k
         final_key = k.r(rnd, "final")
         fin_id: str | None = None
-        seen: tuple[int, float] | None = None
+        beat = _Beat(self._s.heartbeat_timeout, self._slice)
         no_finaliser_since: float | None = None
         while True:
             left = deadline - time.monotonic()
@@ -442,16 +471,26 @@ class DynamicRendezvous:
                         if fin_id == self._id:
                             return self._finalise(st, rnd, deadline)
                 continue
-            beat = st.add(k.hb(fin_id), 0)
-            if seen is None or beat != seen[0]:
-                seen = (beat, now)
-            elif now - seen[1] > self._s.heartbeat_timeout:
+            if beat.stale(st.add(k.hb(fin_id), 0), time.monotonic()):
                 dead = fin_id
                 fin_id = self._take_over(st, rnd, dead)
-                seen = None
+                beat = _Beat(self._s.heartbeat_timeout, self._slice)
                 if fin_id == self._id:
                     st.append(k.gone, dead + "\n")
                     return self._finalise(st, rnd, deadline)
+
+    def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
+        """Block until a node of the full round `rnd` leaves it (`released` appears) or the job
+        closes. No join timeout applies meanwhile (torch's "redundancy list"), but if the
+        round's rank 0 stops beating and nobody releases it, the job is presumed dead and we
+        go on to join (and time out there with a clear message) rather than wait forever."""
+        released = self._k.r(rnd, "released")
+        beat = _Beat(self._s.heartbeat_timeout, self._slice)
+        while not st.wait([released], self._slice):
+            self._check(st)
+            stale = beat.stale(st.add(self._k.hb(group[0].id), 0), time.monotonic())
+            if stale and not st.check([released]):
+                return
 
     def _take_over(self, st: Store, rnd: int, expected: str) -> str:
         return st.compare_set(self._k.r(rnd, "finaliser"), expected, self._id).decode()
@@ -462,37 +501,34 @@ class DynamicRendezvous:
         k = self._k
         me_hb = k.hb(self._id)
         st.add(me_hb, 1)
-        superseded = False
 
-        def between() -> None:
-            nonlocal superseded
+        def alive() -> None:
+            """Between bounded waits: closed? still the finaliser? (and beat for the joiners)"""
             self._check(st)
             st.add(me_hb, 1)
             if st.get(k.r(rnd, "finaliser")).decode() != self._id:
-                superseded = True
                 raise _Superseded
+
+        def joining() -> None:
+            alive()
             if time.monotonic() >= deadline:
                 self._give_up(st, rnd)
 
         try:
-            if rnd > 0:
-                self._wait_key(st, k.r(rnd - 1, "done"), deadline, between)
-                if not st.check([k.r(rnd - 1, "done")]):
-                    self._give_up(st, rnd, waiting_for_previous=True)
+            if rnd > 0 and not self._wait_key(st, k.r(rnd - 1, "done"), deadline, joining):
+                self._give_up(st, rnd, waiting_for_previous=True)
             while True:
                 live = self._live_records(st, rnd)
                 if len(live) >= self._min:
                     break
                 joined = st.add(k.r(rnd, "joined"), 0)
-                if not self._wait_key(st, k.r(rnd, f"at/{joined + 1}"), deadline, between):
+                if not self._wait_key(st, k.r(rnd, f"at/{joined + 1}"), deadline, joining):
                     self._give_up(st, rnd)
-            if len(live) < self._max:
+            if len(live) < self._max:  # last call: MIN are in; wait a little for up to MAX
                 last_call = time.monotonic() + self._s.last_call_timeout
-                self._wait_key(st, k.r(rnd, f"at/{self._max}"), last_call, between)
+                self._wait_key(st, k.r(rnd, f"at/{self._max}"), last_call, alive)
                 live = self._live_records(st, rnd)
         except _Superseded:
-            pass
-        if superseded:
             return self._await_final(st, rnd, deadline)
         try:
             ordered = order_nodes(live, self._max, strict=self._strict)
@@ -510,7 +546,7 @@ class DynamicRendezvous:
         raw = st.get(self._k.r(rnd, "nodes"))
         gone: set[str] = set()
         if st.check([self._k.gone]):
-            gone = set(st.get(self._k.gone).decode().split())
+            gone = set(st.get(self._k.gone).decode().splitlines())
         out: list[NodeRecord] = []
         seen: set[str] = set()
         for line in raw.decode().splitlines():
@@ -525,7 +561,7 @@ class DynamicRendezvous:
 
     @staticmethod
     def _decode_final(raw: bytes) -> list[NodeRecord]:
-        return [NodeRecord.decode(row) for row in json.loads(raw)["nodes"]]
+        return list(_decode_group(raw))
 
     def _wait_key(self, st: Store, key: str, until: float, between: Callable[[], None]) -> bool:
         """Block on `key` until `until` (monotonic), in bounded waits; `between` runs after each
@@ -577,6 +613,8 @@ class DynamicRendezvous:
         return True
 
     def _say_bye(self) -> None:
+        if (self._closed or "").startswith(STORE_LOST):
+            return  # nobody to tell, and a silent store would make each call wait its timeout
         with self._ctl_lock:
             ctl = self._ctl_store()
             n = ctl.add(self._k.bye, 1)
@@ -592,8 +630,7 @@ class DynamicRendezvous:
         """The control connection (callers hold `_ctl_lock`); its calls are bounded by the
         heartbeat timeout so that a silent store is noticed in time."""
         if self._ctl is None:
-            self._ctl = self._store.clone()
-            self._ctl.set_timeout(min(self._s.read_timeout, self._s.heartbeat_timeout))
+            raise StoreError(f"rendezvous store at {self._store.address}: this node has shut down its connections")
         return self._ctl
 
     def _start_watcher(self) -> None:
@@ -616,9 +653,11 @@ class DynamicRendezvous:
         A store that keeps failing for heartbeat_timeout closes the job locally with a
         "lost the rendezvous store" reason: the agent then stops its workers and exits.
         """
-        w = _Watch()
+        w = _Watch(self._s.heartbeat_timeout, self._slice)
         failing_since: float | None = None
-        while not self._stop.is_set():
+        # One period between looks, the first one too: not N nodes' worth of calls at the very
+        # moment every node is reading the group.
+        while not self._stop.wait(self._slice):
             try:
                 with self._ctl_lock:
                     changed, closed = self._tick(self._ctl_store(), w)
@@ -627,19 +666,17 @@ class DynamicRendezvous:
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if now - failing_since < self._s.heartbeat_timeout:
-                    self._stop.wait(self._slice)
                     continue
                 msg = e.message.removeprefix(f"rendezvous store at {self._store.address}: ")
                 with self._lock:
                     if self._closed is None:
-                        self._closed = f"lost the rendezvous store at {self._store.address}: {msg}"
+                        self._closed = f"{STORE_LOST} at {self._store.address}: {msg}"
                 self._notify()
                 return
             if changed:
                 self._notify()
             if closed:
                 return
-            self._stop.wait(self._slice)
 
     def _tick(self, ctl: Store, w: _Watch) -> tuple[bool, bool]:
         """One heartbeat period: at most 6 store operations, whatever the number of nodes."""
@@ -657,13 +694,9 @@ class DynamicRendezvous:
             return False, False
         if w.round != rv.number:
             w.reset(rv)
-        now = time.monotonic()
         if w.target is not None:
             target = rv.nodes[w.target]
-            beat = ctl.add(k.hb(target.id), 0)
-            if w.seen is None or beat != w.seen[0]:
-                w.seen = (beat, now)
-            elif now - w.seen[1] > self._s.heartbeat_timeout:
+            if w.beat.stale(ctl.add(k.hb(target.id), 0), time.monotonic()):
                 if self._release(ctl, rv, w.target, f"lost:{self._id}"):
                     entry = {"rank": w.target, "host": target.info.host, "id": target.id}
                     ctl.append(k.r(rv.number, "lost"), json.dumps(entry) + "\n")
@@ -689,26 +722,49 @@ class _Superseded(Exception):
     """Another node took over finalising the round (we looked dead to it)."""
 
 
-class _Watch:
-    """Which ring neighbour this node watches, and when its heartbeat last moved (own clock)."""
+class _Beat:
+    """A heartbeat counter read on our own clock: stale once it has not moved for `timeout`.
 
-    def __init__(self) -> None:
+    A pause on our side (a store that stalled every client, a starved process) restarts the
+    count, so a stall that delays everybody's beats is not mistaken for a death.
+    """
+
+    def __init__(self, timeout: float, period: float) -> None:
+        self._timeout = timeout
+        self._pause = 2 * period + 0.5
+        self._value: int | None = None
+        self._since = 0.0
+        self._last_look = 0.0
+
+    def stale(self, value: int, now: float) -> bool:
+        paused = self._last_look > 0 and now - self._last_look > self._pause
+        self._last_look = now
+        if value != self._value or paused:
+            self._value, self._since = value, now
+            return False
+        return now - self._since > self._timeout
+
+
+class _Watch:
+    """Which ring neighbour this node watches (the next group rank), and its heartbeat."""
+
+    def __init__(self, timeout: float, period: float) -> None:
+        self._timeout = timeout
+        self._period = period
         self.round = -1
         self.me = 0
         self.target: int | None = None
-        self.seen: tuple[int, float] | None = None
+        self.beat = _Beat(timeout, period)
 
     def reset(self, rv: _Round) -> None:
         self.round = rv.number
         self.me = rv.rank
-        self.target = None
-        self.seen = None
-        if rv.size > 1:
-            self.target = (rv.rank + 1) % rv.size
+        self.target = (rv.rank + 1) % rv.size if rv.size > 1 else None
+        self.beat = _Beat(self._timeout, self._period)
 
     def advance(self, rv: _Round) -> None:
         """Watch the next node in the ring (the lost one watched it); stop when back at us."""
-        self.seen = None
+        self.beat = _Beat(self._timeout, self._period)
         nxt = ((self.target or 0) + 1) % rv.size
         self.target = None if nxt == self.me else nxt
 
@@ -762,6 +818,7 @@ def create_c10d_rendezvous(
 
 
 __all__ = [
+    "STORE_LOST",
     "DynamicRendezvous",
     "NodeRecord",
     "RendezvousSettings",

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import queue
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
@@ -210,7 +211,7 @@ class MemoryStore:
     def close(self) -> None:
         self._closed = True
 
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         """All keys (for tests and debugging; the c10d store has no cheap equivalent)."""
         with self._shared.cond:
             return sorted(self._shared.data)
@@ -231,30 +232,101 @@ def _import_torch_distributed() -> Any:
     The level is read once, when torch loads, so the variable is set only around the import
     (and never overrides the user's own setting, nor leaks into the workers' environment).
     """
-    loaded = sys.modules.get("torch.distributed")
-    if loaded is not None:
-        return loaded
-    key = "TORCH_CPP_LOG_LEVEL"
-    ours = key not in os.environ
-    if ours:
-        os.environ[key] = "FATAL"
-    try:
-        import torch.distributed as dist
-    except ImportError as e:  # pragma: no cover - torch is an optional dependency
-        raise StoreError(
-            "the c10d rendezvous needs PyTorch (pip install torch); only single-node runs work without it"
-        ) from e
-    finally:
+    global _DIST
+    if _DIST is not None:
+        return _DIST
+    with _DIST_LOCK:  # threads connecting at once must not see a half-imported module
+        if _DIST is not None:
+            return _DIST
+        key = "TORCH_CPP_LOG_LEVEL"
+        ours = key not in os.environ and "torch" not in sys.modules
         if ours:
-            os.environ.pop(key, None)
-    return dist
+            os.environ[key] = "FATAL"
+        try:
+            import torch.distributed as dist
+        except ImportError as e:  # pragma: no cover - torch is an optional dependency
+            raise StoreError(
+                "the c10d rendezvous needs PyTorch (pip install torch); only single-node runs work without it"
+            ) from e
+        finally:
+            if ours:
+                os.environ.pop(key, None)
+        _DIST = dist
+        return dist
+
+
+_DIST: Any = None
+_DIST_LOCK = threading.Lock()
+
+
+class _Slot:
+    """One call's answer; `done` is a plain lock (held until answered): the cheapest hand-over."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class _BoundedCaller:
+    """Runs one connection's calls on a thread of its own, so that the caller can give up.
+
+    c10d sets no timeout on a client socket's reads: when the link to the store is cut (not
+    closed), a call blocks until TCP gives up, about 15 minutes later. The caller waits for the
+    answer with a deadline instead; past it the connection is abandoned (its thread stays
+    blocked in the kernel until TCP gives up, then ends) and every later call fails at once.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._q: queue.SimpleQueue[tuple[Callable[[], Any], _Slot] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+        self.stuck: str | None = None
+
+    def run(self, fn: Callable[[], Any], bound: float) -> Any:
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                    self._thread.start()
+        slot = _Slot()
+        self._q.put((fn, slot))
+        if not slot.done.acquire(timeout=bound):
+            self.stuck = f"no answer within {bound:g} s"
+            raise TimeoutError(self.stuck)
+        if slot.error is not None:
+            raise slot.error
+        return slot.value
+
+    def _serve(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fn, slot = item
+            item = None
+            try:
+                slot.value = fn()
+            except BaseException as e:
+                slot.error = e
+            finally:
+                del fn  # drop the connection's reference before idling: closing must free it
+                slot.done.release()
+
+    def close(self) -> None:
+        self._q.put(None)
 
 
 class TCPStoreAdapter:
     """A `Store` over `torch.distributed.TCPStore`: one client connection, maybe hosting the server.
 
     Build it with `connect_store` (which decides whether to host); `wrap` adapts a TCPStore
-    built elsewhere (e.g. a benchmark's).
+    built elsewhere (e.g. a benchmark's). Every call is bounded: waits by their timeout (plus
+    `timeout` for the answer), the others by `timeout` (see `_BoundedCaller` for why).
     """
 
     def __init__(self, tcp_store: Any, host: str, port: int, is_host: bool, timeout: float) -> None:
@@ -267,6 +339,7 @@ class TCPStoreAdapter:
         dist = _import_torch_distributed()
         self._dist_errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, TimeoutError, OSError)
         self._store_error: type[BaseException] = dist.DistStoreError
+        self._caller = _BoundedCaller(f"elaunch-store-{self.address}")
 
     @classmethod
     def wrap(cls, tcp_store: Any, timeout: float = 60.0) -> TCPStoreAdapter:
@@ -280,20 +353,25 @@ class TCPStoreAdapter:
     def port(self) -> int:
         return self._port
 
-    def _live(self, op: str) -> Any:
-        if self._store is None:
-            raise StoreError(f"rendezvous store at {self.address}: {op} on a closed connection")
-        return self._store
-
     def _err(self, op: str, e: BaseException) -> StoreError:
-        return StoreError(f"rendezvous store at {self.address}: {op} failed: {e}")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # c10d appends C++ stack traces
+        return StoreError(f"rendezvous store at {self.address}: {op} failed: {first}")
 
-    def _call(self, op: str, *args: Any) -> Any:
-        store = self._live(op)
+    def _run(self, op: str, fn: Callable[[Any], Any], bound: float | None = None) -> Any:
+        store = self._store
+        if store is None:
+            raise StoreError(f"rendezvous store at {self.address}: {op} on a closed connection")
+        if self._caller.stuck is not None:
+            raise StoreError(
+                f"rendezvous store at {self.address}: {op} failed: an earlier call got {self._caller.stuck}"
+            )
         try:
-            return getattr(store, op)(*args)
+            return self._caller.run(lambda: fn(store), self._timeout if bound is None else bound)
         except self._dist_errors as e:
             raise self._err(op, e) from None
+
+    def _call(self, op: str, *args: Any) -> Any:
+        return self._run(op, lambda store: getattr(store, op)(*args))
 
     def set(self, key: str, value: Value) -> None:
         self._call("set", key, _b(value))
@@ -313,16 +391,20 @@ class TCPStoreAdapter:
         return bytes(self._call("compare_set", key, _b(expected), _b(desired)))
 
     def wait(self, keys: Sequence[str], timeout: float) -> bool:
-        store = self._live("wait")
-        try:
-            store.wait(list(keys), timedelta(seconds=max(timeout, 0.001)))
-        except self._store_error as e:
-            if "timeout" in str(e).lower():
-                return False
-            raise self._err("wait", e) from None
-        except self._dist_errors as e:
-            raise self._err("wait", e) from None
-        return True
+        keys = list(keys)
+        delta = timedelta(seconds=max(timeout, 0.001))
+        store_error = self._store_error
+
+        def wait(store: Any) -> bool:
+            try:
+                store.wait(keys, delta)
+            except store_error as e:
+                if "timeout" in str(e).lower():
+                    return False
+                raise
+            return True
+
+        return bool(self._run("wait", wait, max(timeout, 0.0) + self._timeout))
 
     def check(self, keys: Sequence[str]) -> bool:
         return bool(self._call("check", list(keys)))
@@ -345,7 +427,9 @@ class TCPStoreAdapter:
         return TCPStoreAdapter(store, self._host, self._port, False, self._timeout)
 
     def close(self) -> None:
-        self._store = None  # the last reference closes the socket (and stops a hosted server)
+        """Drop the connection: the last reference closes the socket (and stops a hosted server)."""
+        self._store = None
+        self._caller.close()
 
 
 def _fmt_addr(host: str, port: int) -> str:
@@ -428,7 +512,7 @@ def connect_store(
                 host,
                 port,
                 is_master=True,
-                multi_tenant=True,
+                multi_tenant=False,  # a second host in this process must fail, not share the server
                 wait_for_workers=False,
                 timeout=timedelta(seconds=timeout),
                 use_libuv=use_libuv,

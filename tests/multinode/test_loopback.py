@@ -1,0 +1,166 @@
+"""Several agents as plain processes on 127.0.0.1 (no namespaces, no torch in the workers): ranks
+across nodes with different --nproc-per-node, --node-rank as a preference under c10d, the static
+backend with two nodes, and an unreachable endpoint. The agents import torch for the c10d store."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ELAUNCH, ROOT, run_elaunch, wait_until, write_script
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the c10d store needs torch")
+CONF = "join_timeout=60,last_call_timeout=1,heartbeat_timeout=3,keep_alive_interval=0.5,close_timeout=5"
+KEYS = (
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE",
+    "TORCHELASTIC_RESTART_COUNT",
+)  # fmt: skip
+ENV_SCRIPT = f"""
+import json, os
+print("ENV " + json.dumps({{k: os.environ.get(k) for k in {KEYS!r}}}), flush=True)
+"""
+ENV_LINE = re.compile(r"ENV (\{.*\})$", re.MULTILINE)
+
+
+class Agents:
+    """Agents started as plain processes, output in files; whatever still runs at the end is killed."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+        with open(self.tmp / f"{name}.out", "wb") as out, open(self.tmp / f"{name}.err", "wb") as err:
+            p = subprocess.Popen([*ELAUNCH, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT)
+        self.procs[name] = p
+        return p
+
+    def err(self, name: str) -> str:
+        return (self.tmp / f"{name}.err").read_text(errors="replace")
+
+    def envs(self, name: str) -> list[dict[str, str]]:
+        """What each worker of this agent printed, in local-rank order."""
+        found = [json.loads(m) for m in ENV_LINE.findall((self.tmp / f"{name}.out").read_text())]
+        return sorted(found, key=lambda e: int(e["LOCAL_RANK"]))
+
+    def wait(self, name: str, timeout: float = 60) -> int:
+        try:
+            return self.procs[name].wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"agent {name} still running after {timeout} s:\n{self.err(name)}") from None
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Agents]:
+    a = Agents(tmp_path)
+    yield a
+    a.close()
+
+
+def free_port() -> int:
+    from elaunch.agent import free_port as _free
+
+    return _free("127.0.0.1")
+
+
+def c10d(port: int, nnodes: str = "2") -> list[str]:
+    return [
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--nnodes", nnodes,
+        "--rdzv-id", f"lo-{uuid.uuid4().hex[:8]}", "--rdzv-conf", CONF, "--shutdown-timeout", "3",
+    ]  # fmt: skip
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_ranks_across_nodes_with_different_nproc(agents: Agents, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "env.py", ENV_SCRIPT)
+    common = c10d(free_port())
+    agents.start("a", [*common, "--nproc-per-node", "2", str(script)])
+    agents.start("b", [*common, "--nproc-per-node", "3", str(script)])
+    for name in ("a", "b"):
+        assert agents.wait(name) == 0, agents.err(name)
+    a, b = agents.envs("a"), agents.envs("b")
+    assert [e["LOCAL_RANK"] for e in a] == ["0", "1"] and [e["LOCAL_RANK"] for e in b] == ["0", "1", "2"]
+    assert {e["LOCAL_WORLD_SIZE"] for e in a} == {"2"} and {e["LOCAL_WORLD_SIZE"] for e in b} == {"3"}
+    everyone = a + b
+    assert sorted(int(e["RANK"]) for e in everyone) == [0, 1, 2, 3, 4]
+    for key, value in [("WORLD_SIZE", "5"), ("GROUP_WORLD_SIZE", "2"), ("ROLE_WORLD_SIZE", "5")]:
+        assert {e[key] for e in everyone} == {value}, key
+    assert all(e["ROLE_RANK"] == e["RANK"] for e in everyone)
+    assert len({e["MASTER_PORT"] for e in everyone}) == 1 and len({e["TORCHELASTIC_RUN_ID"] for e in everyone}) == 1
+    # One group rank per node; global ranks are running sums in group-rank order.
+    (ga,), (gb,) = {e["GROUP_RANK"] for e in a}, {e["GROUP_RANK"] for e in b}
+    assert {ga, gb} == {"0", "1"}
+    first, second = (a, b) if ga == "0" else (b, a)
+    assert [int(e["RANK"]) for e in first] == list(range(len(first)))
+    assert [int(e["RANK"]) for e in second] == list(range(len(first), 5))
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_node_rank_is_a_preference_under_c10d(agents: Agents, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "env.py", ENV_SCRIPT)
+    common = c10d(free_port())
+    # "a" starts first and hosts the store, which would make it group rank 0 without a preference.
+    agents.start("a", [*common, "--node-rank", "1", str(script)])
+    wait_until(lambda: "run lo-" in agents.err("a"), 60, "agent a to host the store and start")
+    agents.start("b", [*common, "--node-rank", "0", str(script)])
+    for name in ("a", "b"):
+        assert agents.wait(name) == 0, agents.err(name)
+    (a,), (b,) = agents.envs("a"), agents.envs("b")
+    assert (b["GROUP_RANK"], b["RANK"]) == ("0", "0")
+    assert (a["GROUP_RANK"], a["RANK"]) == ("1", "1")
+    assert "node 1 of 2" in agents.err("a") and "node 0 of 2" in agents.err("b")
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_static_backend_two_nodes(agents: Agents, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "env.py", ENV_SCRIPT)
+    port = free_port()
+    common = ["--rdzv-backend", "static", "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+              "--rdzv-id", "static-job", "--nproc-per-node", "2"]  # fmt: skip
+    agents.start("n1", [*common, "--node-rank", "1", str(script)])  # waits for node 0's store
+    agents.start("n0", [*common, "--node-rank", "0", str(script)])
+    for name in ("n0", "n1"):
+        assert agents.wait(name) == 0, agents.err(name)
+    n0, n1 = agents.envs("n0"), agents.envs("n1")
+    assert [e["RANK"] for e in n0] == ["0", "1"] and [e["RANK"] for e in n1] == ["2", "3"]
+    assert {e["GROUP_RANK"] for e in n0} == {"0"} and {e["GROUP_RANK"] for e in n1} == {"1"}
+    for e in n0 + n1:
+        assert (e["WORLD_SIZE"], e["GROUP_WORLD_SIZE"]) == ("4", "2")
+        assert (e["MASTER_ADDR"], e["MASTER_PORT"]) == ("127.0.0.1", str(port))
+        assert e["TORCHELASTIC_USE_AGENT_STORE"] == "True"  # workers use node 0's agent store, as torchrun's
+        assert e["TORCHELASTIC_RUN_ID"] == "static-job"
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_endpoint_fails_within_join_timeout(tmp_path: Path) -> None:
+    """Nobody serves the endpoint (is_host=false: this node must not host it itself)."""
+    script = write_script(tmp_path, "hello.py", "print('never runs')\n")
+    port = free_port()
+    args = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--nnodes", "2",
+            "--rdzv-id", "nobody", "--rdzv-conf", "join_timeout=3,is_host=false", str(script)]  # fmt: skip
+    r = run_elaunch(args, timeout=3 + 12)  # the deadline: join_timeout and a margin
+    assert r.returncode == 1, r.stderr
+    assert f"could not reach the rendezvous store at 127.0.0.1:{port}" in r.stderr
+    assert r.stderr.count(f"127.0.0.1:{port}") == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "never runs" not in r.stdout

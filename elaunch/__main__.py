@@ -1,7 +1,5 @@
 """`python -m elaunch`."""
 
-import sys
+from elaunch.cli import entry
 
-from elaunch.cli import run
-
-sys.exit(run())
+entry()

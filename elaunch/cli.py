@@ -163,6 +163,20 @@ def run(argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
+def entry() -> None:
+    """Console-script entry: run, flush, and skip interpreter teardown (it only costs time).
+
+    Everything elaunch started is stopped and reaped inside `run`; no atexit work remains.
+    """
+    code = run()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _error(message: str, code: int) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
     sys.stderr.write(f"elaunch: error: {first}\n")
@@ -170,4 +184,4 @@ def _error(message: str, code: int) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
+    entry()

@@ -9,14 +9,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
+T = TypeVar("T")
 ELAUNCH = [sys.executable, "-m", "elaunch"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
+def wait_until(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
     """Return cond()'s first truthy value; fail with `what` if none comes before the deadline."""
     deadline = time.monotonic() + timeout
     while True:

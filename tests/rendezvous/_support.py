@@ -4,7 +4,6 @@ connection that can be cut like a dead host."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -24,18 +23,6 @@ FAST = {
     "close_timeout": 2.0,
     "read_timeout": 10.0,
 }
-
-
-def wait_until(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    """cond()'s first truthy value; AssertionError naming `what` if none before the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def info(host: str, node_rank: int | None = None, port: int = 29500, lws: int = 1) -> NodeInfo:

@@ -12,8 +12,9 @@ import pytest
 from elaunch.errors import ConfigError, RendezvousError
 from elaunch.rendezvous.static import StaticRendezvous, create_static_rendezvous
 from elaunch.rendezvous.store import MemoryStore
+from tests.helpers import wait_until
 
-from ._support import FAST, Call, info, wait_until
+from ._support import FAST, Call, info
 
 
 def _free_port() -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from types import TracebackType
+from typing import Self, TypeVar
 
 __all__ = ["TestbedError", "WaitTimeout", "wait_until"]
 
@@ -61,3 +62,24 @@ def wait_until(
             raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{detail}")
         time.sleep(min(delay, max(0.0, deadline - now)))
         delay = min(delay * 1.5, max_interval)
+
+
+class Managed:
+    """A test-bed piece used as a context manager: `with X(...) as x` starts it, leaving closes it."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

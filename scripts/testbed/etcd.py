@@ -16,10 +16,9 @@ import socket
 import subprocess
 import tempfile
 import urllib.request
-from types import TracebackType
 from typing import Any, Self
 
-from . import TestbedError, WaitTimeout, wait_until
+from . import Managed, TestbedError, WaitTimeout, wait_until
 from .netns import Cluster
 from .procs import alive, kill_pids, pids_mentioning, stop_popen
 
@@ -43,7 +42,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class EtcdServer:
+class EtcdServer(Managed):
     """One-member etcd cluster on 127.0.0.1 (and 10.250.S.254 if given a host-linked cluster).
 
     ``endpoint`` is ``127.0.0.1:PORT``; ``client_url`` its http URL; with a cluster,
@@ -101,17 +100,6 @@ class EtcdServer:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return ""
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self) -> Self:
         """Start etcd and wait until /health says true; retry on a port race; undo on failure."""

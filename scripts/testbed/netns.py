@@ -20,10 +20,9 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Self
 
-from . import TestbedError
+from . import Managed, TestbedError
 from .procs import alive, descendants, kill_pids
 
 __all__ = ["Cluster", "available", "cleanup_stale", "list_namespaces", "nft_available"]
@@ -165,7 +164,7 @@ def cleanup_stale(prefix_glob: str = "elt*", force: bool = False) -> list[str]:
     return removed
 
 
-class Cluster:
+class Cluster(Managed):
     """N fake hosts ``host1..hostN`` (namespaces ``<prefix>-hI``) on one bridge.
 
     Use as a context manager; ``close()`` kills every process left in the
@@ -236,17 +235,6 @@ class Cluster:
             raise ValueError(f"host index {i} not in 1..{self.n}")
 
     # -- lifecycle ------------------------------------------------------------
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _add_ns(self, ns: str) -> None:
         self._namespaces.append(ns)  # before creating: close() must try to delete it
         _run(["ip", "netns", "add", ns])

@@ -16,10 +16,9 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import IO, Any, Self
 
-from . import TestbedError, WaitTimeout, wait_until
+from . import Managed, TestbedError, WaitTimeout, wait_until
 from .etcd import free_port
 from .netns import Cluster
 from .procs import alive, descendants, kill_pids, pids_mentioning, stop_popen
@@ -58,7 +57,7 @@ def clean_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-class SlurmCluster:
+class SlurmCluster(Managed):
     """SLURM cluster ``host[1-N]`` over a host-linked netns ``Cluster``; close() removes it all.
 
     ``env`` is the environment to pass to every SLURM client call (``SLURM_CONF``).
@@ -127,17 +126,6 @@ class SlurmCluster:
         return f
 
     # -- lifecycle ------------------------------------------------------------
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def start(self) -> Self:
         """Write config, start munged, slurmctld, slurmds; wait until all nodes are idle."""
         try:

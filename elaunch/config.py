@@ -10,7 +10,6 @@ from typing import Literal
 
 from elaunch.errors import ConfigError
 
-RdzvBackend = Literal["static", "c10d", "etcd", "etcd-v2"]
 RDZV_BACKENDS: tuple[str, ...] = ("static", "c10d", "etcd", "etcd-v2")
 DEFAULT_C10D_PORT = 29400
 DEFAULT_MASTER_PORT = 29500
@@ -29,7 +28,6 @@ RDZV_CONF_FLAGS = ("is_host", "use_libuv")
 RDZV_CONF_STRINGS = ("protocol", "cacert", "cert", "key", "timeout", "store_type")
 
 DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
-SHUTDOWN_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 
 
 @dataclass(frozen=True)

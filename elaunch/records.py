@@ -114,7 +114,6 @@ class SummaryFile:
         self._restarts = 0
         self._membership = 0
         self._rounds: list[dict[str, Any]] = []
-        self._written = False
 
     def handle(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
@@ -170,7 +169,6 @@ class SummaryFile:
             json.dump(doc, f, indent=2)
             f.write("\n")
         os.replace(tmp, self._path)
-        self._written = True
 
     def flush(self) -> None:
         pass

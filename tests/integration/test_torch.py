@@ -36,7 +36,17 @@ def main():
     dist.barrier()
     dist.destroy_process_group()
 
-main()
+# torch 2.13's gloo sometimes aborts (SIGABRT) during interpreter teardown, which would turn the
+# worker's real exit status into 134: report the outcome, then leave without the teardown.
+try:
+    main()
+except BaseException:
+    import traceback
+    traceback.print_exc()
+    sys.stderr.flush()
+    os._exit(1)
+sys.stdout.flush()
+os._exit(0)
 """
 
 

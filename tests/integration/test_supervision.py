@@ -32,9 +32,11 @@ if "term_msg" in mode:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", here])
+# "ready" is printed before the pid file exists: the tests signal the worker once the file is there,
+# and an unbuffered print() is several writes a signal handler could land between.
+print("ready", os.environ["RANK"], flush=True)
 with open(os.path.join(here, "pids-%s-%s" % (os.environ["RANK"], os.environ["TORCHELASTIC_RESTART_COUNT"])), "w") as f:
     f.write("%d %d" % (os.getpid(), child.pid))
-print("ready", os.environ["RANK"], flush=True)
 if "crash0" in mode and os.environ["RANK"] == "0" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
     sys.exit(4)
 if "finish" in mode:

@@ -6,7 +6,6 @@ needed) and last lines when it builds a `WorkerFailure`. Also reads torch's erro
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
 
@@ -96,6 +95,8 @@ def read_error_file(path: str) -> tuple[str | None, str | None]:
     """(message, traceback) from torch's `@record` error file, or (None, None)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
+            import json  # only when a worker left an error file
+
             data = json.load(f)
     except (OSError, ValueError):
         return None, None

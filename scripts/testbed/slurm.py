@@ -172,7 +172,7 @@ class SlurmCluster(Managed):
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
             "KillWait=2",  # scancel -> SIGKILL after 2 s: teardown stays short
-            "SchedulerParameters=batch_sched_delay=0",  # start batch jobs at the next tick
+            "SchedulerParameters=batch_sched_delay=0,sched_interval=1",  # start jobs (also requeued ones) at once
             "MinJobAge=300",  # finished jobs stay visible to scontrol for wait_job
             f"StateSaveLocation={self.path('state')}",
             f"SlurmdSpoolDir={self.path('spool', '%n')}",

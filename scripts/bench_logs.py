@@ -21,6 +21,8 @@ as elaunch's PYTHONUNBUFFERED=1 makes them), elaunch (default prefixes), elaunch
 with PYTHONUNBUFFERED='' (workers keep python's default block buffering), torchrun (default),
 torchrun --tee 3 (with a --log-dir temp dir that is removed). Time is from just before Popen to exit and EOF;
 lines/s = all lines / time; "stream" = lines / (last byte - first byte), i.e. without start-up.
+"vs python" is the issue's target (buffered python, no launcher); "vs python -u" compares with the
+same worker as elaunch and torchrun run it (unbuffered) without a launcher: the launcher's own cost.
 Writes bench-results/logs[-quick].json.
 """
 
@@ -215,6 +217,9 @@ def build_table(b: Bench) -> tuple[str, dict[str, Any]]:
         base = b.raw.get(f"{workers}/python", [])
         base_t = bl.stats(x["time"] for x in base)
         base_s = bl.stats(x["stream_s"] for x in base)
+        # The same worker as elaunch runs it (unbuffered, like torchrun's `python -u`), no launcher:
+        # the ratio to it is the launcher's own cost.
+        unbuf_t = bl.stats(x["time"] for x in b.raw.get(f"{workers}/python -u", []))
         for path in b.paths():
             runs = b.raw.get(f"{workers}/{path}", [])
             if not runs:
@@ -225,6 +230,7 @@ def build_table(b: Bench) -> tuple[str, dict[str, Any]]:
             }
             wall_ratio = bl.ratio(base_t, st["time"])  # throughput ratio = python time / this time
             stream_ratio = bl.ratio(base_s, st["stream_s"])
+            unbuf_ratio = bl.ratio(unbuf_t, st["time"]) if unbuf_t else None
             met: bool | None = None
             target = "—"
             if path == "elaunch":
@@ -241,6 +247,7 @@ def build_table(b: Bench) -> tuple[str, dict[str, Any]]:
                     f"{lps['median'] / 1e6:.2f} M/s" if lps else "n/a",
                     bl.fmt_ratio(wall_ratio) if path != "python" else "1",
                     bl.fmt_ratio(stream_ratio) if path != "python" else "1",
+                    bl.fmt_ratio(unbuf_ratio) if unbuf_ratio is not None else "—",
                     fmt_count(st["lost"]),
                     fmt_count(st["cut"]),
                     fmt_count(st["dup"]),
@@ -253,6 +260,7 @@ def build_table(b: Bench) -> tuple[str, dict[str, Any]]:
                 **st,
                 "throughput_ratio_wall": wall_ratio,
                 "throughput_ratio_stream": stream_ratio,
+                "throughput_ratio_vs_unbuffered_python": unbuf_ratio,
                 "failed_runs": sum(not x["ok"] for x in runs),
                 "met": met,
             }
@@ -263,6 +271,7 @@ def build_table(b: Bench) -> tuple[str, dict[str, Any]]:
         "lines/s",
         "vs python",
         "vs python, stream",
+        "vs python -u",
         "lost",
         "cut",
         "dup",

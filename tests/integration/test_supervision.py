@@ -38,6 +38,13 @@ print("ready", os.environ["RANK"], flush=True)
 with open(os.path.join(here, "pids-%s-%s" % (os.environ["RANK"], os.environ["TORCHELASTIC_RESTART_COUNT"])), "w") as f:
     f.write("%d %d" % (os.getpid(), child.pid))
 if "crash0" in mode and os.environ["RANK"] == "0" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+    # Crash once the other ranks have started (their pid files exist), not before: the test
+    # needs every first-attempt pid, and a busy machine can take longer than the grace period.
+    world = int(os.environ["WORLD_SIZE"])
+    others = [os.path.join(here, "pids-%d-0" % r) for r in range(1, world)]
+    deadline = time.time() + 30
+    while time.time() < deadline and not all(os.path.exists(p) and os.path.getsize(p) for p in others):
+        time.sleep(0.01)
     sys.exit(4)
 if "finish" in mode:
     if os.environ["TORCHELASTIC_RESTART_COUNT"] != "0" or "crash0" not in mode:

@@ -308,6 +308,8 @@ class Agent:
 
     def _restart_workers(self) -> None:
         self._stop_workers(signal.SIGTERM)
+        if self._shutdown_signals:  # asked to stop while the old workers were stopping: no new ones
+            raise _Interrupted(self._shutdown_signals[0])
         self._initialize_workers()
 
     # -- stopping ---------------------------------------------------------------------------

@@ -180,6 +180,7 @@ class LocalProcesses:
         """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         result = Wakeup()
+        self._bus.flush()  # what the agent published since the last wait is seen before we block
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._use_pidfd:

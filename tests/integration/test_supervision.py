@@ -197,6 +197,30 @@ def test_shutdown_timeout_is_honoured_on_restart(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_shutdown_signal_during_a_restart_starts_no_new_workers(tmp_path: Path) -> None:
+    # Rank 0 crashes; rank 1 ignores SIGTERM, so the restart waits out its grace period. SIGTERM to
+    # elaunch then, and again to cut the grace short: the job stops, no second attempt starts.
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    events = tmp_path / "events.jsonl"
+    args = ["--nproc-per-node", "2", "--max-restarts", "1", "--shutdown-timeout", "30", "--events-file", str(events)]
+    p = start_elaunch([*args, str(script), "ignore_term,crash0,finish"])
+    first = _pids(tmp_path, 2, restart=0)
+
+    def logged(text: str) -> bool:
+        return events.exists() and text in events.read_text()
+
+    wait_until(lambda: logged('"event": "RestartDecided"'), 30, "the restart decision")
+    p.send_signal(signal.SIGTERM)
+    wait_until(lambda: logged('"event": "SignalReceived"'), 30, "elaunch to take the first SIGTERM")
+    p.send_signal(signal.SIGTERM)
+    rc, _, err = _finish(p)
+    assert rc == 143, err
+    assert "job STOPPED by SIGTERM" in err, err
+    assert not list(tmp_path.glob("pids-*-1")), "a second attempt was started"
+    assert _all_gone(first)
+
+
+@pytest.mark.timeout(60)
 def test_grandchildren_are_cleaned_after_success(tmp_path: Path) -> None:
     script = write_script(tmp_path, "fam.py", FAMILY)
     p = start_elaunch(["--nproc-per-node", "2", str(script), "finish"])

@@ -15,7 +15,7 @@ from elaunch.config import LaunchConfig
 from elaunch.console import ConsoleOptions, Formatter, PlainConsole
 from elaunch.devices import device_counts
 from elaunch.errors import ConfigError, ElaunchError, NotSupportedError
-from elaunch.events import Bus, RunFinished, Sink
+from elaunch.events import Bus, Message, RunFinished, Sink
 from elaunch.logfiles import LogFiles
 from elaunch.ranks import assign_ranks, worker_argv, worker_env
 from elaunch.reaper import Reaper
@@ -63,6 +63,32 @@ def _entry(opts: Mapping[str, Any], env: Mapping[str, str]) -> tuple[tuple[str, 
     return (python, script, *args), "python", 1
 
 
+def _check_file_path(path: str | None, option: str) -> None:
+    """A file elaunch will write at some point: refuse now what cannot work then."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{option} {path}: is a directory")
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path}: not writable")
+
+
+def _check_dir_path(path: str | None, option: str) -> None:
+    """A directory elaunch will create if needed: its nearest existing ancestor must allow it."""
+    if path is None:
+        return
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{option} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: {probe} is not writable")
+
+
 def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str]) -> LaunchConfig:
     """Validate every option; raises ConfigError (exit 2) before anything starts."""
     min_n, max_n = cfg.parse_nnodes(opts["nnodes"])
@@ -92,6 +118,9 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
     local_filter = cfg.parse_rank_set(opts["local_ranks_filter"], "--local-ranks-filter")
     ranks_filter = cfg.parse_rank_set(opts["ranks_filter"], "--ranks-filter")
     entry_argv, kind, _ = _entry(opts, env)
+    _check_file_path(opts["summary_file"], "--summary-file")
+    _check_file_path(opts["events_file"], "--events-file")
+    _check_dir_path(opts["log_dir"], "--log-dir")
     if opts.get("logs_specs"):
         raise NotSupportedError("--logs-specs (torchrun plugin entry points) is not supported; use --log-dir")
     if opts["numa_binding"]:
@@ -257,13 +286,21 @@ def launch(
         bus.subscribe(tails)
         try:
             rdzv = make_rendezvous(config)
-            run_dir = RunDir(config.log_dir, rdzv.run_id, reaper)
+            files = bool(
+                config.redirects.default or config.redirects.per_rank or config.tee.default or config.tee.per_rank
+            )
+            try:
+                run_dir = RunDir(config.log_dir, rdzv.run_id, reaper, keep=files)
+            except OSError as e:
+                raise ConfigError(f"--log-dir {config.log_dir}: {e.strerror or e}") from None
+            if files and config.log_dir is None:
+                bus.publish(Message(level="info", text=f"-r/-t: worker output files are kept in {run_dir.path}"))
         except ElaunchError as e:
             # Nothing ran, but the user (and --summary-file) still learn why.
             result = RunResult(state=WorkerState.FAILED, message=e.message)
             bus.publish(RunFinished(result=result))
             return result
-        if config.redirects.default or config.redirects.per_rank or config.tee.default or config.tee.per_rank:
+        if files:
             bus.subscribe(LogFiles(run_dir, config.redirects, config.tee))
         procs = LocalProcesses(bus, trap, reaper)
         agent = Agent(
@@ -326,11 +363,14 @@ def _sinks(config: LaunchConfig, env: Mapping[str, str], host: str, out: Any, er
     if config.events_file:
         from elaunch.records import EventsFile
 
-        sinks.append(EventsFile(config.events_file))
+        try:
+            sinks.append(EventsFile(config.events_file))
+        except OSError as e:
+            raise ConfigError(f"--events-file {config.events_file}: {e.strerror or e}") from None
     if config.summary_file:
         from elaunch.records import SummaryFile
 
-        sinks.append(SummaryFile(config.summary_file))
+        sinks.append(SummaryFile(config.summary_file, err))
     return sinks
 
 

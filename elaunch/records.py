@@ -6,6 +6,7 @@ summary is written when the run finishes (atomically: a temp file renamed into p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -107,13 +108,15 @@ class EventsFile:
 class SummaryFile:
     """Follows the run and writes one JSON document at its end."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, err: IO[bytes] | None = None) -> None:
         self._path = path
+        self._err = err
         self._run: dict[str, Any] = {}
         self._workers: dict[tuple[int, int], dict[str, Any]] = {}
         self._restarts = 0
         self._membership = 0
         self._rounds: list[dict[str, Any]] = []
+        self._attempt = 0
 
     def handle(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
@@ -124,12 +127,15 @@ class SummaryFile:
             self._rounds.append({"round": e.round, "group_rank": e.group_rank, "nodes": e.group_world_size,
                                  "world_size": e.world_size, "hosts": list(e.hosts), "duration_s": e.duration})  # fmt: skip
         elif isinstance(e, ev.WorkerStarted):
-            self._workers[(e.restart, e.local_rank)] = {
+            # Keyed by attempt (rendezvous round on this node), not by restart count: membership
+            # restarts start new workers without using up a restart.
+            self._attempt = len(self._rounds) - 1
+            self._workers[(self._attempt, e.local_rank)] = {
                 "local_rank": e.local_rank,
                 "global_rank": e.global_rank,
                 "role_rank": e.role_rank,
                 "pid": e.pid,
-                "attempt": len(self._rounds) - 1,
+                "attempt": self._attempt,
                 "restart": e.restart,
                 "state": WorkerState.INIT.value,
                 "exit_code": None,
@@ -140,7 +146,7 @@ class SummaryFile:
                 "duration_s": None,
             }
         elif isinstance(e, ev.WorkerStateChanged):
-            w = self._workers.get((e.restart, e.local_rank))
+            w = self._workers.get((self._attempt, e.local_rank))
             if w is not None:
                 w["state"] = e.new.value
                 if e.new.terminal:
@@ -165,10 +171,19 @@ class SummaryFile:
             "workers": sorted(self._workers.values(), key=lambda w: (w["attempt"], w["global_rank"])),
         }
         tmp = f"{self._path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, self._path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, self._path)
+        except OSError as err:  # checked at start, but the disk may fill or the dir go away
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if self._err is not None:
+                self._err.write(
+                    f"elaunch: error: cannot write --summary-file {self._path}: {err.strerror or err}\n".encode()
+                )
+                self._err.flush()
 
     def flush(self) -> None:
         pass

@@ -38,6 +38,10 @@ CASES = [
     (["--redirects", "7"], "ok", "--redirects"),
     (["--ranks-filter", "x"], "ok", "--ranks-filter"),
     (["--shutdown-timeout", "soon"], "ok", "--shutdown-timeout"),
+    (["--summary-file", "/nonexistent-elaunch/s.json"], "ok", "does not exist"),
+    (["--events-file", "/nonexistent-elaunch/e.jsonl"], "ok", "does not exist"),
+    (["--summary-file", "/"], "ok", "is a directory"),
+    (["--log-dir", "/dev/null/logs"], "ok", "is not a directory"),
 ]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -241,6 +243,22 @@ def test_log_dir_layout_redirects_and_tee(tmp_path: Path) -> None:
     # rank 0's stdout was redirected (not shown); rank 1's was teed (shown).
     assert "out 0" not in r.stdout and "[1] out 1" in r.stdout
     assert "[0] err 0" in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_redirects_without_log_dir_keep_the_files_and_say_where(tmp_path: Path) -> None:
+    # torchrun keeps -r/-t files in a temp dir; elaunch too, and prints its path (else the output is lost).
+    script = write_script(tmp_path, "r.py", "print('kept')\n")
+    r = run_elaunch(["-r", "3", str(script)])
+    assert r.returncode == 0, r.stderr
+    assert "kept" not in r.stdout
+    m = re.search(r"worker output files are kept in (\S+)", r.stderr)
+    assert m, r.stderr
+    kept = Path(m.group(1))
+    try:
+        assert (kept / "attempt_0" / "0" / "stdout.log").read_text() == "kept\n"
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
 
 @pytest.mark.timeout(60)

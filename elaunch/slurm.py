@@ -121,13 +121,13 @@ def apply_slurm_defaults(opts: dict[str, object], sources: dict[str, str], env: 
                 f"would use this node only; start it on every node with: srun --ntasks-per-node=1 elaunch ..."
             )
         return None
-    if opts.get("standalone"):
-        return step
     if step.tasks_on_node > 1:
         raise ConfigError(
             f"SLURM started {step.tasks_on_node} elaunch tasks on this node; elaunch starts the workers itself: "
             f"use srun --ntasks-per-node=1 and --nproc-per-node"
         )
+    if opts.get("standalone"):
+        return step
 
     def fill(name: str, value: object) -> None:
         if sources.get(name, "default") == "default":
@@ -140,7 +140,10 @@ def apply_slurm_defaults(opts: dict[str, object], sources: dict[str, str], env: 
             lo_n, hi_n = int(lo), int(hi or lo)
         except ValueError:
             lo_n = hi_n = -1  # let the usual parser report it
-        if lo_n >= 0 and not lo_n <= step.num_nodes <= hi_n and step.num_nodes > 1:
+        # With an endpoint of their own, nodes of other jobs or steps may join; without one, the
+        # rendezvous is on this step's first node and only this step's nodes can come.
+        own_endpoint = sources.get("rdzv_endpoint", "default") != "default"
+        if lo_n >= 0 and not lo_n <= step.num_nodes <= hi_n and not own_endpoint:
             raise ConfigError(
                 f"--nnodes {opts['nnodes']} contradicts the SLURM step, which runs on {step.num_nodes} node(s)"
             )

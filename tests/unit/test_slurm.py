@@ -108,3 +108,21 @@ def test_tasks_per_node_and_port() -> None:
     assert tasks_per_node("2(x3),1") == [2, 2, 2, 1]
     assert 29500 <= rendezvous_port("123456") < 49500
     assert rendezvous_port("1") != rendezvous_port("2")
+
+
+def test_single_node_step_with_more_nnodes_refused() -> None:
+    # Without an endpoint of the user's, the rendezvous would wait join_timeout for nodes that never come.
+    opts, sources = _defaults()
+    env = {**STEP, "SLURM_STEP_NODELIST": "host1", "SLURM_NODEID": "0", "SLURM_STEP_TASKS_PER_NODE": "1"}
+    opts["nnodes"], sources["nnodes"] = "2", "option"
+    with pytest.raises(ConfigError, match="contradicts the SLURM step, which runs on 1 node"):
+        apply_slurm_defaults(opts, sources, env)
+    opts["rdzv_endpoint"], sources["rdzv_endpoint"] = "head:29400", "option"
+    apply_slurm_defaults(opts, sources, env)  # nodes of other jobs join at the user's endpoint: fine
+
+
+def test_standalone_still_refuses_two_tasks_per_node() -> None:
+    opts, sources = _defaults()
+    opts["standalone"], sources["standalone"] = True, "option"
+    with pytest.raises(ConfigError, match="2 elaunch tasks on this node"):
+        apply_slurm_defaults(opts, sources, {**STEP, "SLURM_STEP_TASKS_PER_NODE": "2(x2)"})

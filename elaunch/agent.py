@@ -247,6 +247,7 @@ class Agent:
             master_port=info.master_port,
             state=WorkerState.INIT,
             round=info.round,
+            store=getattr(self._rdzv, "store", None),
         )
         self._bus.publish(
             ev.RendezvousDone(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import signal as _signal
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from elaunch.rendezvous.api import Rendezvous
 
@@ -111,6 +111,8 @@ class WorkerGroup:
     master_port: int | None = None
     state: WorkerState = WorkerState.INIT
     round: int = 0
+    store: Any = None
+    """The rendezvous store when the backend has one (c10d, etcd), as torch's `WorkerGroup.store`."""
 
 
 @dataclass(frozen=True)

@@ -274,6 +274,11 @@ class DynamicRendezvous:
         return self._s
 
     @property
+    def store(self) -> Store:
+        """The rendezvous store (torch's `WorkerGroup.store`); its keys under the run id are ours."""
+        return self._store
+
+    @property
     def store_address(self) -> str:
         """`host:port` of the store (the real port when the endpoint said 0)."""
         return self._store.address

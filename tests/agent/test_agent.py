@@ -143,6 +143,17 @@ def test_all_succeed(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert result.return_values == {0: 0, 1: 0}
     assert len(procs.generations) == 1
+    assert agent.group.store is None  # one node: no store
+
+
+def test_group_has_the_rendezvous_store(tmp_path: Path) -> None:
+    class StoreRdzv(LocalRendezvous):
+        store = object()
+
+    procs = FakeProcesses([exits((0, 0)), exits((1, 0))])
+    agent, _rec = make_agent(procs, tmp_path, rdzv=StoreRdzv(run_id="s"))
+    assert agent.run().state == WorkerState.SUCCEEDED
+    assert agent.group.store is StoreRdzv.store
 
 
 def test_failure_without_restarts_returns_workers_code_and_stops_others(tmp_path: Path) -> None:

@@ -302,7 +302,7 @@ def launch(
             return result
         if files:
             bus.subscribe(LogFiles(run_dir, config.redirects, config.tee))
-        procs = LocalProcesses(bus, trap, reaper)
+        procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
         agent = Agent(
             make_spec(config, rdzv, env),
             rdzv,
@@ -411,8 +411,10 @@ def plan_env(
             virtual_local_rank=config.virtual_local_rank,
         )
         added = {k: v for k, v in wenv.items() if env.get(k) != v}
-        if not config.single_node and config.rdzv_backend == "c10d":
+        if not config.single_node and config.rdzv_backend != "static":
             added.update(MASTER_ADDR="<rank 0's node>", MASTER_PORT="<chosen at rendezvous>")
+        elif port == 0:
+            added["MASTER_PORT"] = "<free port>"
         out.append((r, worker_argv(config.entry_argv, 1, r.local_rank), added))
     return info, out
 

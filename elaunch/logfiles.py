@@ -1,4 +1,8 @@
-"""Per-worker log files for `--redirects`/`--tee`: torchrun's layout, raw bytes, nothing lost."""
+"""Per-worker log files for `--redirects`/`--tee`: torchrun's layout, every line kept.
+
+Lines are written as the console gets them: bytes as the worker wrote them, except that a line
+redrawn with `\r` (a progress bar) is kept in its final state only, not as every redraw.
+"""
 
 from __future__ import annotations
 

@@ -93,8 +93,12 @@ def _child_setup_factory() -> Callable[[], None]:
 class LocalProcesses:
     """One generation of workers at a time; `wait` is the agent's only blocking call."""
 
-    def __init__(self, bus: Bus, trap: SignalTrap | None = None, reaper: Reaper | None = None) -> None:
+    def __init__(
+        self, bus: Bus, trap: SignalTrap | None = None, reaper: Reaper | None = None, poll_interval: float = 0.1
+    ) -> None:
+        """`poll_interval` (--monitor-interval): how often exits are polled where pidfds are missing."""
         self._bus = bus
+        self._poll = poll_interval
         self._trap = trap
         self._reaper = reaper
         self._sel = selectors.DefaultSelector()
@@ -184,7 +188,7 @@ class LocalProcesses:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._use_pidfd:
-                remaining = 0.05 if remaining is None else min(remaining, 0.05)
+                remaining = self._poll if remaining is None else min(remaining, self._poll)
             ready = self._sel.select(remaining)
             # Under a flood of output keep reading while data is ready and flush once when idle:
             # a flush per tiny read (unbuffered workers write each line in two calls) is costly.

@@ -73,6 +73,18 @@ CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help
 @option("--tee", "-t", default="0", help="Send streams to files and the console (same form as --redirects).")
 @option("--local-ranks-filter", default="", help="Show only these local ranks on the console (0,1,4-7).")
 @option(
+    "--duplicate-stdout-filters",
+    default="",
+    help="Also write teed stdout lines containing any of these strings (a,b; ,, is a comma) to filtered_stdout.log.",
+)
+@option("--duplicate-stderr-filters", default="", help="The same for stderr (filtered_stderr.log).")
+@option(
+    "--event-log-handler",
+    default="null",
+    show_default=True,
+    help="torch's event handler: only null (see --events-file).",
+)
+@option(
     "--node-rank",
     default=None,
     type=click.IntRange(min=0),

@@ -82,6 +82,9 @@ class LaunchConfig:
     tee: StdSpec = field(default_factory=StdSpec)
     local_ranks_filter: frozenset[int] | None = None
     ranks_filter: frozenset[int] | None = None
+    duplicate_filters: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    """Per stream (1 stdout, 2 stderr): teed lines containing any of these strings are also
+    written to attempt_<k>/filtered_{stdout,stderr}.log (torchrun's --duplicate-*-filters)."""
     log_line_prefix: str | None = None
     live: bool | None = None
     summary_file: str | None = None
@@ -211,6 +214,14 @@ def parse_std_spec(value: str, option: str) -> StdSpec:
             raise ConfigError(f"{option}: expected 0-3 or LOCAL_RANK:0-3 pairs like 0:3,1:1, got {value!r}")
         per[int(m.group(1))] = int(m.group(2))
     return StdSpec(default=0, per_rank=per)
+
+
+def parse_filter_list(value: str) -> tuple[str, ...]:
+    """torchrun's comma-separated list: `a,b` -> ("a", "b"); a double comma is a literal comma."""
+    if not value:
+        return ()
+    items = value.replace(",,", "\0").split(",")
+    return tuple(item.replace("\0", ",") for item in items if item)
 
 
 def parse_rank_set(value: str, option: str) -> frozenset[int] | None:

@@ -125,6 +125,15 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         raise NotSupportedError("--logs-specs (torchrun plugin entry points) is not supported; use --log-dir")
     if opts["numa_binding"]:
         raise NotSupportedError("--numa-binding is not supported yet")
+    if str(opts.get("event_log_handler") or "null") != "null":
+        raise NotSupportedError(
+            f"--event-log-handler {opts['event_log_handler']}: torch's event handlers are not supported; "
+            f"elaunch writes its events with --events-file"
+        )
+    dup = {
+        stream: cfg.parse_filter_list(str(opts.get(f"duplicate_{name}_filters") or ""))
+        for stream, name in ((1, "stdout"), (2, "stderr"))
+    }
     standalone = bool(opts["standalone"])
     run_id = str(opts["rdzv_id"])
     if standalone:
@@ -178,6 +187,7 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         tee=tee,
         local_ranks_filter=local_filter,
         ranks_filter=ranks_filter,
+        duplicate_filters={k: v for k, v in dup.items() if v},
         log_line_prefix=opts["log_line_prefix"] or env.get("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE") or None,
         live=False if opts["no_live"] else None,
         summary_file=opts["summary_file"],
@@ -300,8 +310,13 @@ def launch(
             result = RunResult(state=WorkerState.FAILED, message=e.message)
             bus.publish(RunFinished(result=result))
             return result
+        for stream, name in ((1, "stdout"), (2, "stderr")):
+            teed = config.tee.default & stream or any(v & stream for v in config.tee.per_rank.values())
+            if config.duplicate_filters.get(stream) and not teed:
+                text = f"--duplicate-{name}-filters applies to teed streams (-t), and no {name} is teed: nothing duplicated"
+                bus.publish(Message(level="warning", text=text))
         if files:
-            bus.subscribe(LogFiles(run_dir, config.redirects, config.tee))
+            bus.subscribe(LogFiles(run_dir, config.redirects, config.tee, config.duplicate_filters))
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
         agent = Agent(
             make_spec(config, rdzv, env),

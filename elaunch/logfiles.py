@@ -6,6 +6,8 @@ redrawn with `\r` (a progress bar) is kept in its final state only, not as every
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import BinaryIO
 
 from elaunch import events as ev
@@ -18,12 +20,18 @@ NAMES = {1: "stdout.log", 2: "stderr.log"}
 class LogFiles:
     """Writes each worker's streams to `attempt_<k>/<local_rank>/{stdout,stderr}.log` when asked to."""
 
-    def __init__(self, run_dir: RunDir, redirects: StdSpec, tee: StdSpec) -> None:
+    def __init__(
+        self, run_dir: RunDir, redirects: StdSpec, tee: StdSpec, filters: Mapping[int, tuple[str, ...]] | None = None
+    ) -> None:
+        """`filters`: per stream, teed lines containing any of these strings also go, with a
+        `[rank]` prefix, to `attempt_<k>/filtered_{stdout,stderr}.log` (all ranks, as torchrun)."""
         self._dir = run_dir
         self._redirects = redirects
         self._tee = tee
+        self._needles = {s: tuple(n.encode() for n in ns) for s, ns in (filters or {}).items() if ns}
         self._attempt = 0
         self._files: dict[tuple[int, int], BinaryIO] = {}
+        self._filtered: dict[int, BinaryIO] = {}
 
     def _wanted(self, local_rank: int) -> int:
         return self._redirects.for_rank(local_rank) | self._tee.for_rank(local_rank)
@@ -33,6 +41,9 @@ class LogFiles:
             f = self._files.get((e.local_rank, e.stream))
             if f is not None:
                 f.write(e.data)
+            needles = self._needles.get(e.stream)
+            if needles and self._tee.for_rank(e.local_rank) & e.stream:
+                self._duplicate(e, needles)
         elif isinstance(e, ev.RendezvousStarted):
             self._close_all()
             self._attempt = e.attempt
@@ -43,13 +54,29 @@ class LogFiles:
                     path = f"{self._dir.worker_dir(self._attempt, e.local_rank)}/{name}"
                     self._files[(e.local_rank, stream)] = open(path, "ab")  # noqa: SIM115 - closed in close()
 
+    def _duplicate(self, e: ev.WorkerOutput, needles: tuple[bytes, ...]) -> None:
+        lines = [line for line in e.data.splitlines(keepends=True) if any(n in line for n in needles)]
+        if not lines:
+            return
+        f = self._filtered.get(e.stream)
+        if f is None:
+            os.makedirs(self._attempt_dir(), exist_ok=True)
+            path = os.path.join(self._attempt_dir(), f"filtered_{NAMES[e.stream]}")
+            f = self._filtered[e.stream] = open(path, "ab")  # noqa: SIM115 - closed in close()
+        prefix = f"[{e.global_rank}] ".encode()
+        f.write(b"".join(prefix + line for line in lines))
+
+    def _attempt_dir(self) -> str:
+        return os.path.join(self._dir.path, f"attempt_{self._attempt}")
+
     def _close_all(self) -> None:
-        for f in self._files.values():
+        for f in [*self._files.values(), *self._filtered.values()]:
             f.close()
         self._files.clear()
+        self._filtered.clear()
 
     def flush(self) -> None:
-        for f in self._files.values():
+        for f in [*self._files.values(), *self._filtered.values()]:
             f.flush()
 
     def close(self) -> None:

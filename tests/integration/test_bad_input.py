@@ -42,6 +42,7 @@ CASES = [
     (["--events-file", "/nonexistent-elaunch/e.jsonl"], "ok", "does not exist"),
     (["--summary-file", "/"], "ok", "is a directory"),
     (["--log-dir", "/dev/null/logs"], "ok", "is not a directory"),
+    (["--event-log-handler", "console"], "ok", "--events-file"),
 ]
 
 

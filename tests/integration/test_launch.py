@@ -246,6 +246,19 @@ def test_log_dir_layout_redirects_and_tee(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_duplicate_filters_copy_matching_teed_lines(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "d.py", "import os\nprint('loss', os.environ['RANK'])\nprint('other')\nprint('a,b')\n")
+    logs = tmp_path / "logs"
+    args = ["--nproc-per-node", "2", "--log-dir", str(logs), "-t", "1", "--duplicate-stdout-filters", "loss,a,,b"]
+    r = run_elaunch([*args, str(script)])
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = list(logs.iterdir())
+    lines = sorted((run_dir / "attempt_0" / "filtered_stdout.log").read_text().splitlines())
+    assert lines == ["[0] a,b", "[0] loss 0", "[1] a,b", "[1] loss 1"]
+    assert not (run_dir / "attempt_0" / "filtered_stderr.log").exists()
+
+
+@pytest.mark.timeout(60)
 def test_redirects_without_log_dir_keep_the_files_and_say_where(tmp_path: Path) -> None:
     # torchrun keeps -r/-t files in a temp dir; elaunch too, and prints its path (else the output is lost).
     script = write_script(tmp_path, "r.py", "print('kept')\n")

@@ -114,3 +114,9 @@ def test_signals() -> None:
 
 def test_local_rank_macro() -> None:
     assert cfg.substitute_local_rank(("--out=${local_rank}.txt", "x"), 3) == ("--out=3.txt", "x")
+
+
+def test_filter_lists_follow_torchrun() -> None:
+    assert cfg.parse_filter_list("") == ()
+    assert cfg.parse_filter_list("apple,orange") == ("apple", "orange")
+    assert cfg.parse_filter_list("a,,b,c") == ("a,b", "c")

@@ -11,7 +11,10 @@ from typing import Literal
 from elaunch.errors import ConfigError
 
 RDZV_BACKENDS: tuple[str, ...] = ("static", "c10d", "etcd", "etcd-v2")
+ETCD_BACKENDS: tuple[str, ...] = ("etcd", "etcd-v2")
+"""Both names run the same protocol over an external etcd (v3 API); torchrun has two etcd backends."""
 DEFAULT_C10D_PORT = 29400
+DEFAULT_ETCD_PORT = 2379
 DEFAULT_MASTER_PORT = 29500
 
 # torchrun's --rdzv-conf keys (dynamic handler, c10d and etcd backends) and their defaults.
@@ -25,7 +28,22 @@ RDZV_CONF_DEFAULTS: dict[str, float] = {
     "read_timeout": 60.0,
 }
 RDZV_CONF_FLAGS = ("is_host", "use_libuv")
-RDZV_CONF_STRINGS = ("protocol", "cacert", "cert", "key", "timeout", "store_type")
+RDZV_CONF_STRINGS = (
+    "protocol",
+    "cacert",
+    "cert",
+    "key",
+    "timeout",
+    "store_type",
+    # torchrun's etcd-v2 spellings of cacert/cert/key, and its etcd backend's key prefix
+    "ca_cert",
+    "ssl_cert",
+    "ssl_cert_key",
+    "etcd_prefix",
+)
+ETCD_TLS_KEYS = {"cacert": "ca_cert", "cert": "ssl_cert", "key": "ssl_cert_key"}
+"""etcd's TLS settings: torchrun's etcd spelling -> its etcd-v2 spelling (both accepted)."""
+C10D_ONLY_KEYS = ("is_host", "use_libuv", "store_type")
 
 DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 
@@ -38,6 +56,20 @@ class Endpoint:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How to reach etcd and where the keys go, from --rdzv-conf (see `parse_etcd_conf`)."""
+
+    protocol: Literal["http", "https"] = "http"
+    ca_cert: str | None = None
+    """CA bundle that signed etcd's server certificate (else the system's)."""
+    cert: str | None = None
+    """Client certificate (PEM); may also hold the key."""
+    key: str | None = None
+    prefix: str = ""
+    """Put before every key (`/team/elaunch/<run_id>/...`); empty or `/a/b` without a trailing slash."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +232,49 @@ def parse_rdzv_conf(value: str) -> dict[str, object]:
         else:
             raise ConfigError(f"--rdzv-conf: unknown key {key!r} (known: {', '.join(known)})")
     return conf
+
+
+def parse_etcd_conf(conf: Mapping[str, object], backend: str = "etcd-v2") -> EtcdOptions:
+    """The etcd settings in a parsed --rdzv-conf; ConfigError for what etcd cannot honour.
+
+    TLS keys are accepted in both torchrun spellings (etcd: cacert/cert/key; etcd-v2:
+    ca_cert/ssl_cert/ssl_cert_key) and need protocol=https: certificates given for plain http
+    would be silently unused. c10d's keys (is_host, ...) are refused: etcd is an external server.
+    """
+    for k in C10D_ONLY_KEYS:
+        if k in conf:
+            raise ConfigError(
+                f"--rdzv-conf {k}: only for --rdzv-backend c10d (with {backend}, etcd is an external server)"
+            )
+    protocol = str(conf.get("protocol", "http")).strip().lower()
+    if protocol not in ("http", "https"):
+        raise ConfigError(f"--rdzv-conf protocol: must be http or https, got {conf['protocol']!r}")
+    tls: dict[str, str | None] = {}
+    for short, long in ETCD_TLS_KEYS.items():
+        a, b = conf.get(short), conf.get(long)
+        if a is not None and b is not None and a != b:
+            raise ConfigError(f"--rdzv-conf {short} and {long} name the same setting but differ: {a!r}, {b!r}")
+        value = a if a is not None else b
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"--rdzv-conf {short if a is not None else long}: expected a file path, got nothing")
+        tls[short] = None if value is None else str(value).strip()
+    given = [k for k, v in tls.items() if v is not None]
+    if given and protocol != "https":
+        raise ConfigError(
+            f"--rdzv-conf {given[0]}: TLS files need protocol=https (etcd would be reached over plain http)"
+        )
+    if tls["key"] is not None and tls["cert"] is None:
+        raise ConfigError("--rdzv-conf key: a client key needs its certificate (cert=...)")
+    prefix = str(conf.get("etcd_prefix", "")).strip().rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        prefix = "/" + prefix
+    return EtcdOptions(
+        protocol="https" if protocol == "https" else "http",
+        ca_cert=tls["cacert"],
+        cert=tls["cert"],
+        key=tls["key"],
+        prefix=prefix,
+    )
 
 
 def parse_std_spec(value: str, option: str) -> StdSpec:

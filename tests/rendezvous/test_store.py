@@ -1,4 +1,5 @@
-"""The Store contract, checked on both implementations, plus connecting/hosting and import cost."""
+"""The Store contract, checked on every implementation (memory, c10d TCPStore, etcd), plus
+connecting/hosting and import cost. etcd-only behaviour is in test_etcd_store.py."""
 
 from __future__ import annotations
 
@@ -20,10 +21,19 @@ from ._support import Call
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(params=["memory", "tcp"])
+@pytest.fixture(params=["memory", "tcp", pytest.param("etcd", marks=pytest.mark.etcd)])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     if request.param == "memory":
         s: Store = MemoryStore(timeout=5)
+        yield s
+        s.close()
+        return
+    if request.param == "etcd":
+        pytest.importorskip("etcd3gw")
+        from elaunch.rendezvous.etcd import connect_etcd
+
+        server = request.getfixturevalue("etcd_server")  # skips where etcd is not installed
+        s = connect_etcd("127.0.0.1", server.port, connect_timeout=10, timeout=5)
         yield s
         s.close()
         return
@@ -85,6 +95,30 @@ def test_wait_and_get_time_out(store: Store) -> None:
         store.get("/never", timeout=0.2)
     store.set("/after", "ok")  # the connection still works after a timeout
     assert store.get("/after") == b"ok"
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_adds_appends_and_compare_sets_are_atomic(store: Store) -> None:
+    """Several connections at once: exact totals, every piece appended once, one compare_set winner."""
+    threads, rounds = 4, 25
+    conns = [store.clone() for _ in range(threads)]
+    try:
+
+        def work(i: int, conn: Store) -> bytes:
+            for j in range(rounds):
+                conn.add("/count", 1)
+                conn.append("/pieces", f"{i}.{j};")
+            return conn.compare_set("/winner", "", f"t{i}")
+
+        calls = [Call(lambda i=i, c=c: work(i, c), f"worker{i}") for i, c in enumerate(conns)]
+        winners = {call.result(50) for call in calls}
+    finally:
+        for c in conns:
+            c.close()
+    assert store.add("/count", 0) == threads * rounds
+    pieces = store.get("/pieces").decode().split(";")[:-1]
+    assert sorted(pieces) == sorted(f"{i}.{j}" for i in range(threads) for j in range(rounds))
+    assert len(winners) == 1 and store.get("/winner") in winners
 
 
 @pytest.mark.timeout(10)
@@ -170,14 +204,15 @@ def test_is_local_address() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_importing_the_rendezvous_does_not_import_torch() -> None:
+def test_importing_the_rendezvous_does_not_import_torch_or_etcd3gw() -> None:
     code = (
         "import sys\n"
         "import elaunch.rendezvous.dynamic, elaunch.rendezvous.static, elaunch.rendezvous.store\n"
+        "import elaunch.rendezvous.etcd\n"
         "from elaunch.rendezvous.store import MemoryStore\n"
         "from elaunch.rendezvous.dynamic import DynamicRendezvous\n"
         "DynamicRendezvous(MemoryStore(), 'j', 1, 1).shutdown()\n"
-        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'etcd3gw', 'requests'))\n"
         "assert not bad, bad\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=50)

@@ -46,7 +46,12 @@ CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help
 @click.command(context_settings=CONTEXT)
 @option("--nnodes", default="1:1", show_default=True, help="Number of nodes, N or MIN:MAX.")
 @option("--nproc-per-node", default="1", show_default=True, help="Workers per node: a number, cpu, gpu, xpu or auto.")
-@option("--rdzv-backend", default="static", show_default=True, help="static, c10d, etcd or etcd-v2.")
+@option(
+    "--rdzv-backend",
+    default="static",
+    show_default=True,
+    help="static, c10d, or etcd / etcd-v2 (an etcd server at --rdzv-endpoint; default port 2379).",
+)
 @option("--rdzv-endpoint", default="", help="host[:port] of the rendezvous store ([ipv6]:port).")
 @option("--rdzv-id", default="none", show_default=True, help="Job id shared by all nodes (TORCHELASTIC_RUN_ID).")
 @option("--rdzv-conf", default="", help="Rendezvous settings, k=v,k=v (join_timeout, last_call_timeout, ...).")

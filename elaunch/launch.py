@@ -96,7 +96,8 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
     backend = str(opts["rdzv_backend"]).strip()
     if backend not in cfg.RDZV_BACKENDS:
         raise ConfigError(f"--rdzv-backend must be one of {', '.join(cfg.RDZV_BACKENDS)}, got {backend!r}")
-    endpoint = cfg.parse_endpoint(opts["rdzv_endpoint"], cfg.DEFAULT_C10D_PORT)
+    etcd = backend in cfg.ETCD_BACKENDS
+    endpoint = cfg.parse_endpoint(opts["rdzv_endpoint"], cfg.DEFAULT_ETCD_PORT if etcd else cfg.DEFAULT_C10D_PORT)
     conf = cfg.parse_rdzv_conf(opts["rdzv_conf"])
     monitor = cfg.parse_positive_float(opts["monitor_interval"], "--monitor-interval")
     master_port = opts["master_port"]
@@ -147,10 +148,10 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         if sources.get("rdzv_id", "default") == "default":
             run_id = str(uuid.uuid4())
     if max_n > 1:
-        if backend in ("etcd", "etcd-v2"):
-            raise NotSupportedError(f"--rdzv-backend {backend} is not supported yet; use c10d or static")
-        if backend == "c10d" and endpoint is None:
-            raise ConfigError("--rdzv-endpoint host[:port] is required with --rdzv-backend c10d and --nnodes > 1")
+        if backend in ("c10d", *cfg.ETCD_BACKENDS) and endpoint is None:
+            raise ConfigError(f"--rdzv-endpoint host[:port] is required with --rdzv-backend {backend} and --nnodes > 1")
+        if etcd:
+            cfg.parse_etcd_conf(conf, backend)
         if backend == "static" and min_n != max_n:
             raise ConfigError(f"--rdzv-backend static needs a fixed number of nodes, got --nnodes {opts['nnodes']}")
         if backend == "static" and endpoint is not None:
@@ -234,6 +235,19 @@ def make_rendezvous(config: LaunchConfig) -> Rendezvous:
             config.max_nodes,
             config.rdzv_conf,
             config.local_addr,
+        )
+    if config.rdzv_backend in cfg.ETCD_BACKENDS and config.rdzv_endpoint is not None:
+        from elaunch.rendezvous.etcd import create_etcd_rendezvous
+
+        return create_etcd_rendezvous(
+            config.rdzv_endpoint.host,
+            config.rdzv_endpoint.port,
+            config.run_id,
+            config.min_nodes,
+            config.max_nodes,
+            config.rdzv_conf,
+            config.local_addr,
+            backend=config.rdzv_backend,
         )
     raise NotSupportedError(f"--rdzv-backend {config.rdzv_backend} is not supported yet")
 

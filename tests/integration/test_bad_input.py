@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import run_elaunch
 
+ETCD = ["--nnodes", "2", "--rdzv-backend", "etcd-v2", "--rdzv-endpoint", "127.0.0.1:2379", "--rdzv-conf"]
 CASES = [
     # (args before the script, script kind, expected words in the message)
     (["--bogus"], "ok", "No such option '--bogus'"),
@@ -43,6 +44,11 @@ CASES = [
     (["--summary-file", "/"], "ok", "is a directory"),
     (["--log-dir", "/dev/null/logs"], "ok", "is not a directory"),
     (["--event-log-handler", "console"], "ok", "--events-file"),
+    ([*ETCD, "protocol=ftp"], "ok", "must be http or https"),
+    ([*ETCD, "cacert=/ca.pem"], "ok", "need protocol=https"),
+    ([*ETCD, "protocol=https,key=/k.pem"], "ok", "needs its certificate"),
+    ([*ETCD, "protocol=https,cacert=/a.pem,ca_cert=/b.pem"], "ok", "differ"),
+    ([*ETCD, "is_host=true"], "ok", "only for --rdzv-backend c10d"),
 ]
 
 
@@ -80,19 +86,11 @@ def test_missing_script_argument(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_etcd_backend_is_refused_until_supported(tmp_path: Path) -> None:
-    script = tmp_path / "t.py"
-    script.write_text("")
-    r = run_elaunch(["--nnodes", "2", "--rdzv-backend", "etcd", "--rdzv-endpoint", "localhost:2379", str(script)])
-    assert r.returncode == 2
-    assert "not supported yet" in r.stderr
-
-
-@pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     ("args", "words"),
     [
         (["--nnodes", "2", "--rdzv-backend", "c10d"], "--rdzv-endpoint host[:port] is required"),
+        (["--nnodes", "2", "--rdzv-backend", "etcd-v2"], "--rdzv-endpoint host[:port] is required"),
         (["--nnodes", "1:2", "--rdzv-backend", "static"], "fixed number of nodes"),
     ],
 )

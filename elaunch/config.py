@@ -44,6 +44,7 @@ RDZV_CONF_STRINGS = (
 ETCD_TLS_KEYS = {"cacert": "ca_cert", "cert": "ssl_cert", "key": "ssl_cert_key"}
 """etcd's TLS settings: torchrun's etcd spelling -> its etcd-v2 spelling (both accepted)."""
 C10D_ONLY_KEYS = ("is_host", "use_libuv", "store_type")
+ETCD_ONLY_KEYS = ("protocol", *ETCD_TLS_KEYS, *ETCD_TLS_KEYS.values(), "etcd_prefix")
 
 DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 
@@ -114,6 +115,8 @@ class LaunchConfig:
     tee: StdSpec = field(default_factory=StdSpec)
     local_ranks_filter: frozenset[int] | None = None
     ranks_filter: frozenset[int] | None = None
+    warnings: tuple[str, ...] = ()
+    """Options given but without effect here (torchrun ignores them too); shown at start."""
     duplicate_filters: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     """Per stream (1 stdout, 2 stderr): teed lines containing any of these strings are also
     written to attempt_<k>/filtered_{stdout,stderr}.log (torchrun's --duplicate-*-filters)."""

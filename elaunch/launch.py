@@ -137,7 +137,12 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
     }
     standalone = bool(opts["standalone"])
     run_id = str(opts["rdzv_id"])
+    warnings: list[str] = []
     if standalone:
+        given = [f"--{k.replace('_', '-')}" for k in ("rdzv_backend", "rdzv_endpoint", "rdzv_id")
+                 if sources.get(k, "default") in ("option", "environment")]  # fmt: skip
+        if given:
+            warnings.append(f"--standalone: {', '.join(given)} ignored (a local rendezvous on a free port)")
         if max_n > 1:
             raise ConfigError(f"--standalone runs one node, but --nnodes is {opts['nnodes']}")
         backend, endpoint, run_id = "c10d", None, str(uuid.uuid4())
@@ -157,6 +162,10 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         if backend == "static" and endpoint is not None:
             master_addr_opt, master_port = endpoint.host, endpoint.port
             opts = {**opts, "master_addr": master_addr_opt}
+    if max_n > 1 and backend not in cfg.ETCD_BACKENDS:
+        unused = [k for k in cfg.ETCD_ONLY_KEYS if k in conf]
+        if unused:
+            warnings.append(f"--rdzv-conf {', '.join(unused)}: etcd settings, ignored by --rdzv-backend {backend}")
     if opts["virtual_local_rank"]:
         visible = env.get("CUDA_VISIBLE_DEVICES")
         if visible is not None and nproc > len([g for g in visible.split(",") if g.strip()]):
@@ -189,6 +198,7 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         local_ranks_filter=local_filter,
         ranks_filter=ranks_filter,
         duplicate_filters={k: v for k, v in dup.items() if v},
+        warnings=tuple(warnings),
         log_line_prefix=opts["log_line_prefix"] or env.get("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE") or None,
         live=False if opts["no_live"] else None,
         summary_file=opts["summary_file"],
@@ -306,6 +316,8 @@ def launch(
             bus.subscribe(s)
         for s in sinks:
             bus.subscribe(s)
+        for text in config.warnings:
+            bus.publish(Message(level="warning", text=text))
         tails = OutputTails()
         bus.subscribe(tails)
         try:
@@ -472,9 +484,11 @@ def print_plan(config: LaunchConfig, out: TextIO, env: Mapping[str, str] | None 
         rows.insert(3, ("node_rank", str(config.node_rank), src.get("node_rank", "default")))
         if config.rdzv_endpoint is not None:
             rows.insert(3, ("rdzv_endpoint", str(config.rdzv_endpoint), src.get("rdzv_endpoint", "default")))
-        if config.rdzv_backend == "c10d":
+        if config.rdzv_backend != "static":
             rows[-1] = ("master", "<rank 0's node>:<free port>", "chosen at rendezvous")
     out.write("elaunch dry run: nothing is started\n")
+    for text in config.warnings:
+        out.write(f"  warning: {text}\n")
     for name, value, where in rows:
         out.write(f"  {name:<17} {value:<28} ({where})\n")
     for r, argv, added in workers:

@@ -151,7 +151,8 @@ def apply_slurm_defaults(opts: dict[str, object], sources: dict[str, str], env: 
     max_text = str(opts["nnodes"]).split(":")[-1].strip()
     if max_text.isdigit() and int(max_text) > 1:
         fill("rdzv_backend", "c10d")
-        fill("rdzv_endpoint", f"{step.nodes[0]}:{step.port}")
+        if opts.get("rdzv_backend") in ("c10d", "static"):  # an etcd endpoint is the user's to give
+            fill("rdzv_endpoint", f"{step.nodes[0]}:{step.port}")
         fill("node_rank", step.node_id)
     fill("rdzv_id", step.run_id)
     if step.gpus_on_node:

@@ -6,12 +6,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from elaunch.tails import LAST_LINES
 from tests.helpers import ELAUNCH, run_elaunch, write_script
 
 ENV_KEYS = [
@@ -181,6 +183,48 @@ def test_failure_report_names_root_cause_with_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGABRT])
+def test_failure_report_hints_at_the_oom_killer_for_sigkill_only(tmp_path: Path, sig: signal.Signals) -> None:
+    script = write_script(tmp_path, "k.py", f"import os\nos.kill(os.getpid(), {int(sig)})\n")
+    r = run_elaunch(["--nproc-per-node", "1", str(script)])
+    assert r.returncode == 128 + sig, r.stderr
+    assert f"root cause: rank 0 (local rank 0) on {os.uname().nodename}, pid " in r.stderr
+    hint = "(the kernel's OOM killer is a common cause: check `dmesg`)"
+    if sig == signal.SIGKILL:
+        assert f"was killed by SIGKILL {hint}" in r.stderr, r.stderr
+    else:
+        assert f"was killed by {sig.name}\n" in r.stderr, r.stderr
+        assert "OOM" not in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_failure_report_shows_the_last_lines_without_a_traceback(tmp_path: Path) -> None:
+    # Rank 1 prints more lines than the report keeps, then dies without a traceback.
+    script = write_script(
+        tmp_path,
+        "quiet.py",
+        "import os, sys, time\n"
+        "if os.environ['RANK'] == '0':\n"
+        "    print('rank 0 is fine', flush=True)\n"
+        "    time.sleep(60)\n"
+        "for i in range(1, 16):\n"
+        "    print('step %02d' % i, flush=True)\n"
+        "os._exit(3)\n",
+    )
+    r = run_elaunch(["--nproc-per-node", "2", str(script)])
+    assert r.returncode == 3, r.stderr
+    report = r.stderr[r.stderr.index("job FAILED: exit code 3") :]
+    assert "root cause: rank 1 (local rank 1)" in report and "exited with code 3" in report
+    assert "traceback:" not in report
+    lines = report.splitlines()
+    start = lines.index("    last lines:") + 1
+    shown = [f"      step {i:02d}" for i in range(16 - LAST_LINES, 16)]
+    assert lines[start : start + LAST_LINES] == shown, report
+    assert "step 03" not in report and "rank 0 is fine" not in report
+    assert lines[start + LAST_LINES] == "  stopped by elaunch: rank(s) 0", report
+
+
+@pytest.mark.timeout(60)
 def test_error_file_from_record_is_used(tmp_path: Path) -> None:
     script = write_script(
         tmp_path,
@@ -222,6 +266,33 @@ def test_dry_run_starts_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "warning"),
+    [
+        (["--standalone", "--rdzv-id", "mine"], "--standalone: --rdzv-id ignored"),
+        (
+            ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h:1", "--rdzv-conf", "cacert=/x"],
+            "--rdzv-conf cacert: etcd settings, ignored by --rdzv-backend c10d",
+        ),
+    ],
+)
+def test_options_without_effect_are_named(tmp_path: Path, args: list[str], warning: str) -> None:
+    script = write_script(tmp_path, "t.py", "pass\n")
+    r = run_elaunch(["--dry-run", *args, str(script)])
+    assert r.returncode == 0, r.stderr
+    assert f"warning: {warning}" in r.stdout
+
+
+@pytest.mark.timeout(60)
+def test_dry_run_of_a_store_backend_says_master_is_chosen_at_rendezvous(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "t.py", "pass\n")
+    for backend in ("c10d", "etcd-v2"):
+        r = run_elaunch(["--dry-run", "--nnodes", "2", "--rdzv-backend", backend, "--rdzv-endpoint", "h", str(script)])
+        assert r.returncode == 0, r.stderr
+        assert "<rank 0's node>:<free port>" in r.stdout and "MASTER_PORT=<chosen at rendezvous>" in r.stdout
+
+
+@pytest.mark.timeout(60)
 def test_log_dir_layout_redirects_and_tee(tmp_path: Path) -> None:
     script = write_script(
         tmp_path,
@@ -247,7 +318,9 @@ def test_log_dir_layout_redirects_and_tee(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_duplicate_filters_copy_matching_teed_lines(tmp_path: Path) -> None:
-    script = write_script(tmp_path, "d.py", "import os\nprint('loss', os.environ['RANK'])\nprint('other')\nprint('a,b')\n")
+    script = write_script(
+        tmp_path, "d.py", "import os\nprint('loss', os.environ['RANK'])\nprint('other')\nprint('a,b')\n"
+    )
     logs = tmp_path / "logs"
     args = ["--nproc-per-node", "2", "--log-dir", str(logs), "-t", "1", "--duplicate-stdout-filters", "loss,a,,b"]
     r = run_elaunch([*args, str(script)])

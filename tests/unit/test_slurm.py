@@ -126,3 +126,12 @@ def test_standalone_still_refuses_two_tasks_per_node() -> None:
     opts["standalone"], sources["standalone"] = True, "option"
     with pytest.raises(ConfigError, match="2 elaunch tasks on this node"):
         apply_slurm_defaults(opts, sources, {**STEP, "SLURM_STEP_TASKS_PER_NODE": "2(x2)"})
+
+
+def test_etcd_backend_gets_no_endpoint_from_slurm() -> None:
+    # The step's first node runs no etcd: the endpoint stays the user's to give (else a clear error).
+    opts, sources = _defaults()
+    opts["rdzv_backend"], sources["rdzv_backend"] = "etcd-v2", "option"
+    apply_slurm_defaults(opts, sources, STEP)
+    assert opts["rdzv_endpoint"] == "" and sources["rdzv_endpoint"] == "default"
+    assert opts["nnodes"] == "2" and opts["node_rank"] == 1

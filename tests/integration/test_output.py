@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from elaunch.console import COLORS
 from tests.helpers import ELAUNCH, run_elaunch, wait_until, write_script
 
 FLOOD = """
@@ -170,3 +172,111 @@ def test_no_live_and_no_color_give_plain_text_on_a_terminal(tmp_path: Path) -> N
         assert "\x1b[" not in screen.replace("\x1b[0m", "")  # no colours (tmux may add a reset)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
+
+
+HELLO = "import os\nprint('hello', os.environ['RANK'], flush=True)\n"
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+STAMPED = r"^\[elaunch \d\d:\d\d:\d\d\.\d{3}\] "
+
+
+def _screen_in_tmux(tmp_path: Path, env: str, args: list[str], until: str) -> str:
+    """Run elaunch in a tmux pane (`env` is a shell prefix); the pane's text with its escape codes (-e)."""
+    session = f"elaunch-test-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / "done"
+    cmd = f"{env} {' '.join(ELAUNCH)} {' '.join(args)}; echo EXIT=$? > {done}; sleep 60"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "40", cmd], check=True)
+    try:
+        wait_until(done.exists, 30, "the job to finish")
+        assert done.read_text().strip() == "EXIT=0"
+
+        def capture() -> str:
+            return subprocess.run(
+                ["tmux", "capture-pane", "-e", "-p", "-t", session], capture_output=True, text=True, check=False
+            ).stdout
+
+        def drawn() -> str:
+            screen = capture()
+            return screen if until in SGR.sub("", screen) else ""
+
+        # The pane may not have drawn the last bytes yet when the shell wrote `done`.
+        return wait_until(drawn, 10, f"{until!r} on screen")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
+
+
+def _assert_plain_lines(text: str, nproc: int) -> None:
+    """The plain console's lines: each worker's prefixed line, agent lines stamped, no status area."""
+    for r in range(nproc):
+        assert re.search(rf"^\[{r}\] hello {r}$", text, re.M), text
+    assert re.search(STAMPED + rf"rank\(s\) 0-{nproc - 1} INIT -> HEALTHY \(pid ", text, re.M), text
+    assert re.search(STAMPED + "job SUCCEEDED: ", text, re.M), text
+    assert "uptime" not in text and "restarts left" not in text  # the live view's status area
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_term_dumb_gives_plain_text_on_a_terminal(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "h.py", HELLO)
+    screen = _screen_in_tmux(tmp_path, "TERM=dumb", ["--nproc-per-node", "2", str(script)], "job SUCCEEDED")
+    assert "\x1b[" not in screen.replace("\x1b[0m", ""), repr(screen)  # no colours (tmux may add a reset)
+    _assert_plain_lines(screen, 2)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_no_live_gives_line_output_without_status_area_on_a_terminal(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "h.py", HELLO)
+    args = ["--no-live", "--nproc-per-node", "2", str(script)]
+    screen = _screen_in_tmux(tmp_path, "env -u NO_COLOR", args, "job SUCCEEDED")
+    _assert_plain_lines(SGR.sub("", screen), 2)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.xfail(
+    strict=True,
+    reason="--no-live on a terminal still colours prefixes and [elaunch] stamps: launch.py _sinks passes "
+    "color=_use_color(...), which ignores config.live; --help and docs/output.md call it plain (no escape codes)",
+)
+def test_no_live_gives_no_escape_codes_on_a_terminal(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "h.py", HELLO)
+    args = ["--no-live", "--nproc-per-node", "2", str(script)]
+    screen = _screen_in_tmux(tmp_path, "env -u NO_COLOR", args, "job SUCCEEDED")
+    assert "\x1b[" not in screen.replace("\x1b[0m", ""), repr(screen)
+
+
+def _foreground(sgr_run: str) -> int | None:
+    """The foreground colour a run of SGR sequences leaves set (None: the default)."""
+    fg: int | None = None
+    for params in SGR.findall(sgr_run):
+        codes = [int(c) for c in params.split(";") if c] or [0]
+        for c in codes:
+            if c in (0, 39):
+                fg = None
+            elif 30 <= c <= 37 or 90 <= c <= 97:
+                fg = c
+    return fg
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_rank_prefixes_are_coloured_per_rank_on_a_terminal(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "h.py", HELLO)
+    screen = _screen_in_tmux(tmp_path, "env -u NO_COLOR", ["--nproc-per-node", "3", str(script)], "job SUCCEEDED")
+    colours: dict[int, int | None] = {}
+    for r in range(3):
+        m = re.search(rf"((?:\x1b\[[0-9;]*m)+)\[{r}\] ((?:\x1b\[[0-9;]*m)+)hello {r}", screen)
+        assert m, f"no coloured prefix for rank {r}: {screen!r}"
+        colours[r] = _foreground(m.group(1))
+        assert _foreground(m.group(1) + m.group(2)) is None, "the colour is not reset after the prefix"
+    assert colours == {r: COLORS[r] for r in range(3)}
+    assert len(set(colours.values())) == 3
+
+
+@pytest.mark.timeout(60)
+def test_prefix_template_host_and_group_rank(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "h.py", HELLO)
+    r = run_elaunch(["--nproc-per-node", "2", "--log-line-prefix", "<${host}|${group_rank}|${rank}> ", str(script)])
+    assert r.returncode == 0, r.stderr
+    host = os.uname().nodename
+    assert sorted(r.stdout.splitlines()) == [f"<{host}|0|0> hello 0", f"<{host}|0|1> hello 1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -31,6 +32,7 @@ if "term_msg" in mode:
         sys.exit(0)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGQUIT, on_term)
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", here])
 # "ready" is printed before the pid file exists: the tests signal the worker once the file is there,
 # and an unbuffered print() is several writes a signal handler could land between.
@@ -78,6 +80,13 @@ def _own_traceback(err: str) -> bool:
     return any(line.startswith("Traceback") for line in err.splitlines())
 
 
+def _stamp(err: str, text: str) -> float:
+    """Seconds into the day of the first `[elaunch HH:MM:SS.mmm]` line containing `text`."""
+    m = re.search(r"^\[elaunch (\d\d):(\d\d):(\d\d\.\d{3})\] .*" + re.escape(text), err, re.M)
+    assert m, f"no line with {text!r} in:\n{err}"
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+
+
 def _finish(p: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
@@ -107,7 +116,9 @@ def test_agent_killed_by_unhandled_signal_leaves_nothing(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129), (signal.SIGQUIT, 131)]
+)
 def test_shutdown_signal_is_forwarded(tmp_path: Path, sig: int, code: int) -> None:
     script = write_script(tmp_path, "fam.py", FAMILY)
     p = start_elaunch(["--nproc-per-node", "2", str(script), "term_msg"])
@@ -116,7 +127,7 @@ def test_shutdown_signal_is_forwarded(tmp_path: Path, sig: int, code: int) -> No
     rc, out, err = _finish(p)
     assert rc == code, err
     name = "SIGINT" if sig == signal.SIGINT else signal.Signals(sig).name
-    if sig != signal.SIGHUP:
+    if sig != signal.SIGHUP:  # the workers handle TERM, INT and QUIT; HUP's default action ends them
         assert f"[0] rank 0 got {name}" in out and f"[1] rank 1 got {name}" in out
     assert not _own_traceback(err)
     assert f"job STOPPED by {signal.Signals(sig).name}" in err
@@ -194,6 +205,25 @@ def test_shutdown_timeout_is_honoured_on_restart(tmp_path: Path) -> None:
     assert "still running 1s after SIGTERM: sending SIGKILL" in err
     assert "restart 1 of 1, 0 left" in err
     assert _all_gone(first)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_timeout_is_honoured_when_no_restart_is_left(tmp_path: Path) -> None:
+    # Rank 0 exits with 4, no restart is left; rank 1 ignores SIGTERM: stopping it takes 1 s, then SIGKILL.
+    script = write_script(tmp_path, "fam.py", FAMILY)
+    args = ["--nproc-per-node", "2", "--max-restarts", "0", "--shutdown-timeout", "1"]
+    p = start_elaunch([*args, str(script), "ignore_term,crash0"])
+    pids = _pids(tmp_path, 2)
+    rc, _, err = _finish(p, timeout=25)  # the default grace (30 s) would overrun this
+    assert rc == 4, err
+    assert "1 worker(s) still running 1s after SIGTERM: sending SIGKILL" in err
+    grace = (_stamp(err, "sending SIGKILL") - _stamp(err, "HEALTHY -> FAILED: exit code 4")) % 86400
+    assert 0.9 <= grace < 10, f"SIGKILL came {grace:.3f}s after the failure, not about 1 s"
+    assert f"rank 1 (pid {pids[2]}) HEALTHY -> STOPPED: killed by SIGKILL (stopped by elaunch)" in err
+    assert "root cause: rank 0 (local rank 0)" in err and "exited with code 4" in err
+    assert not list(tmp_path.glob("pids-*-1")), "a second attempt was started"
+    assert not _own_traceback(err)
+    wait_until(lambda: _all_gone(pids), 10, "the stuck worker and every child gone")
 
 
 @pytest.mark.timeout(60)

@@ -487,7 +487,7 @@ class Agent:
         try:
             self._blocking(lambda: self._rdzv.exit_barrier(self.spec.exit_barrier_timeout))
         except RendezvousError as e:
-            self._message("warning", f"exit barrier: {e.message}")
+            self._message("warning", e.message)  # the rendezvous says "exit barrier: ..." itself
 
     def _blocking(self, fn: Callable[[], T]) -> T:
         """Run a blocking rendezvous call in a thread so that signals are still handled."""

@@ -384,7 +384,7 @@ def _sinks(config: LaunchConfig, env: Mapping[str, str], host: str, out: Any, er
         ConsoleOptions(
             prefix_template=config.log_line_prefix,
             multi_node=not config.single_node,
-            color=terminal and _use_color(sys.stdout, env),
+            color=terminal and config.live is not False and _use_color(sys.stdout, env),  # --no-live: plain
             local_ranks_filter=config.local_ranks_filter,
             ranks_filter=config.ranks_filter,
             redirects=config.redirects,

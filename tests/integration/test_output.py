@@ -233,11 +233,6 @@ def test_no_live_gives_line_output_without_status_area_on_a_terminal(tmp_path: P
 
 @pytest.mark.timeout(90)
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-@pytest.mark.xfail(
-    strict=True,
-    reason="--no-live on a terminal still colours prefixes and [elaunch] stamps: launch.py _sinks passes "
-    "color=_use_color(...), which ignores config.live; --help and docs/output.md call it plain (no escape codes)",
-)
 def test_no_live_gives_no_escape_codes_on_a_terminal(tmp_path: Path) -> None:
     script = write_script(tmp_path, "h.py", HELLO)
     args = ["--no-live", "--nproc-per-node", "2", str(script)]

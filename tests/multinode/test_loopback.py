@@ -217,11 +217,6 @@ def test_exit_barrier_timeout_lets_a_finished_node_leave(agents: Agents, tmp_pat
 @needs_torch
 @pytest.mark.torch
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="the warning reads 'exit barrier: exit barrier: 1 of 2 ...': agent.py _exit_barrier prefixes "
-    "'exit barrier: ' to a message that dynamic.py exit_barrier already starts with",
-)
 def test_exit_barrier_timeout_warning_names_the_barrier_once(agents: Agents, tmp_path: Path) -> None:
     _exit_barrier_times_out(agents, tmp_path)
     (tmp_path / "go").touch()

@@ -530,9 +530,7 @@ class DynamicRendezvous:
                 if not self._wait_key(st, k.r(rnd, f"at/{joined + 1}"), deadline, joining):
                     self._give_up(st, rnd)
             if len(live) < self._max:  # last call: MIN are in; wait a little for up to MAX
-                last_call = time.monotonic() + self._s.last_call_timeout
-                self._wait_key(st, k.r(rnd, f"at/{self._max}"), last_call, alive)
-                live = self._live_records(st, rnd)
+                live = self._last_call(st, rnd, live, alive)
         except _Superseded:
             return self._await_final(st, rnd, deadline)
         try:
@@ -545,6 +543,40 @@ class DynamicRendezvous:
         got = st.compare_set(k.r(rnd, "final"), "", payload)
         st.compare_set(k.open_round, str(rnd), str(rnd + 1))
         return self._decode_final(got)
+
+    def _last_call(self, st: Store, rnd: int, live: list[NodeRecord], alive: Callable[[], None]) -> list[NodeRecord]:
+        """Wait up to last_call_timeout for more joiners, up to MAX.
+
+        A later round (a restart) ends its last call as soon as every node of the previous round
+        that is still alive has joined: the nodes that come are known, and a node arriving later
+        is admitted by a membership restart, as after any last call. So a job below MAX that
+        loses a node, or restarts after a failure, does not wait last_call_timeout for nobody.
+        """
+        k = self._k
+        expected = self._survivors(st, rnd - 1) if rnd > 0 else None
+        until = time.monotonic() + self._s.last_call_timeout
+        while len(live) < self._max:
+            if expected is not None and expected <= {r.id for r in live}:
+                break
+            # Wake at the next join (at/<n> is set by the n-th joiner once n >= MIN).
+            nxt = k.r(rnd, f"at/{st.add(k.r(rnd, 'joined'), 0) + 1}")
+            arrived = self._wait_key(st, nxt, until, alive)
+            live = self._live_records(st, rnd)
+            if not arrived:
+                break
+        return live
+
+    def _survivors(self, st: Store, rnd: int) -> set[str] | None:
+        """Ids of round `rnd`'s group minus the nodes recorded as lost or gone (None: no group)."""
+        if not st.check([self._k.r(rnd, "final")]):
+            return None
+        group = {r.id for r in self._decode_final(st.get(self._k.r(rnd, "final")))}
+        out: set[str] = set()
+        if st.check([self._k.r(rnd, "lost")]):
+            out = {json.loads(line)["id"] for line in st.get(self._k.r(rnd, "lost")).decode().splitlines() if line}
+        if st.check([self._k.gone]):
+            out |= set(st.get(self._k.gone).decode().splitlines())
+        return group - out
 
     def _live_records(self, st: Store, rnd: int) -> list[NodeRecord]:
         """Joiners of the round in join order, without duplicates and nodes that left."""

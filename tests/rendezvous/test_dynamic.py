@@ -168,6 +168,41 @@ def test_lost_node_is_detected_through_heartbeats_and_the_rest_go_on() -> None:
         shutdown_all(rs)
 
 
+@pytest.mark.timeout(30)
+def test_after_a_loss_the_survivors_do_not_wait_the_last_call() -> None:
+    # A last call of 600 s: the re-formed round can only complete within the test's timeout if it
+    # ends as soon as every survivor of the previous round has joined.
+    conf = {**FAST, "last_call_timeout": 600.0}
+    rs = nodes(MemoryStore(), 3, 2, 3, conf=conf, severable=True)
+    a, b, c = rs
+    try:
+        join_all(rs)  # MAX joined: no last call in round 0
+        c._store.cut()  # type: ignore[attr-defined]
+        wait_until(lambda: a.membership().lost and b.membership().lost, 10, "a and b to see c lost")
+        r1 = join_all([a, b])
+        assert [x.round for x in r1] == [1, 1] and [x.group_world_size for x in r1] == [2, 2]
+    finally:
+        shutdown_all(rs)
+
+
+@pytest.mark.timeout(30)
+def test_a_restart_round_waits_for_every_surviving_member() -> None:
+    # b and c restart first; the round must not close at MIN without a, which is alive.
+    conf = {**FAST, "last_call_timeout": 600.0}
+    rs = nodes(MemoryStore(), 3, 2, 3, conf=conf)
+    a, b, c = rs
+    try:
+        join_all(rs)
+        early = [Call(lambda r=r, i=i: r.next_rendezvous(info(f"h{i}")), f"h{i}") for i, r in ((1, b), (2, c))]
+        wait_until(lambda: a.membership().waiting >= 2, 10, "b and c to wait in round 1")
+        ra = a.next_rendezvous(info("h0"))
+        rb, rc = (x.result() for x in early)
+        assert ra.round == rb.round == rc.round == 1
+        assert ra.group_world_size == 3 and ra.nodes == rb.nodes == rc.nodes
+    finally:
+        shutdown_all(rs)
+
+
 @pytest.mark.timeout(20)
 def test_closing_the_job_reaches_everyone_and_blocks_new_rounds() -> None:
     store = MemoryStore()

@@ -558,9 +558,11 @@ class DynamicRendezvous:
         while len(live) < self._max:
             if expected is not None and expected <= {r.id for r in live}:
                 break
+            joined = st.add(k.r(rnd, "joined"), 0)
+            if joined >= self._max:  # MAX joins happened (some may have left since): no more wait
+                break
             # Wake at the next join (at/<n> is set by the n-th joiner once n >= MIN).
-            nxt = k.r(rnd, f"at/{st.add(k.r(rnd, 'joined'), 0) + 1}")
-            arrived = self._wait_key(st, nxt, until, alive)
+            arrived = self._wait_key(st, k.r(rnd, f"at/{joined + 1}"), until, alive)
             live = self._live_records(st, rnd)
             if not arrived:
                 break

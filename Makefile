@@ -22,7 +22,7 @@ testbed:
 	bash scripts/testbed/install.sh
 
 demo: install
-	elaunch --standalone --nproc-per-node $(NPROC) examples/ddp_demo.py --epochs 3
+	$(PY) -m elaunch --standalone --nproc-per-node $(NPROC) examples/ddp_demo.py --epochs 3  # = `elaunch ...`
 
 test: install-dev
 	$(PY) -m pytest -q -ra

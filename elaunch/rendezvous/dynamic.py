@@ -560,7 +560,7 @@ class DynamicRendezvous:
                 break
             joined = st.add(k.r(rnd, "joined"), 0)
             if joined >= self._max:  # MAX joins happened (some may have left since): no more wait
-                break
+                return self._live_records(st, rnd)  # re-read: they may have joined since `live`
             # Wake at the next join (at/<n> is set by the n-th joiner once n >= MIN).
             arrived = self._wait_key(st, k.r(rnd, f"at/{joined + 1}"), until, alive)
             live = self._live_records(st, rnd)

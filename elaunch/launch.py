@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -234,30 +235,17 @@ def make_rendezvous(config: LaunchConfig) -> Rendezvous:
             config.rdzv_conf,
             config.local_addr,
         )
-    if config.rdzv_backend == "c10d" and config.rdzv_endpoint is not None:
-        from elaunch.rendezvous.dynamic import create_c10d_rendezvous
+    if config.rdzv_endpoint is not None and config.rdzv_backend in ("c10d", *cfg.ETCD_BACKENDS):
+        # The same protocol on either store; each module is imported only when used (torch, etcd3gw).
+        if config.rdzv_backend == "c10d":
+            from elaunch.rendezvous.dynamic import create_c10d_rendezvous as create
+        else:
+            from elaunch.rendezvous.etcd import create_etcd_rendezvous
 
-        return create_c10d_rendezvous(
-            config.rdzv_endpoint.host,
-            config.rdzv_endpoint.port,
-            config.run_id,
-            config.min_nodes,
-            config.max_nodes,
-            config.rdzv_conf,
-            config.local_addr,
-        )
-    if config.rdzv_backend in cfg.ETCD_BACKENDS and config.rdzv_endpoint is not None:
-        from elaunch.rendezvous.etcd import create_etcd_rendezvous
-
-        return create_etcd_rendezvous(
-            config.rdzv_endpoint.host,
-            config.rdzv_endpoint.port,
-            config.run_id,
-            config.min_nodes,
-            config.max_nodes,
-            config.rdzv_conf,
-            config.local_addr,
-            backend=config.rdzv_backend,
+            create = functools.partial(create_etcd_rendezvous, backend=config.rdzv_backend)
+        ep = config.rdzv_endpoint
+        return create(
+            ep.host, ep.port, config.run_id, config.min_nodes, config.max_nodes, config.rdzv_conf, config.local_addr
         )
     raise NotSupportedError(f"--rdzv-backend {config.rdzv_backend} is not supported yet")
 

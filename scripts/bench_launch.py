@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -495,13 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     load = bl.LoadWatch()
     b = Bench(args)
     try:
-        if b.cmd["elaunch"] is None:
-            p.error("elaunch is not installed (pip install -e .)")
-        note = bl.python_env_note(args.keep_python_env)
-        if note:
-            b.notes.append(note)
-        if b.cmd["torchrun"] is None:
-            b.notes.append("torchrun not measured (not installed or --no-torchrun)")
+        b.notes += bl.preflight(p, b.cmd, args.keep_python_env)
         b.execute()
         table, summary = build_table(b)
     finally:
@@ -558,8 +551,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: `finally` blocks already cleaned up
-        bl.log(f"interrupted ({e or 'SIGINT'}): every process started was killed, temp dirs removed")
-        sys.exit(130)
+    bl.entry(main)

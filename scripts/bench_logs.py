@@ -32,7 +32,6 @@ import argparse
 import os
 import re
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -310,13 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     load = bl.LoadWatch()
     b = Bench(args)
     try:
-        if b.cmd["elaunch"] is None:
-            p.error("elaunch is not installed (pip install -e .)")
-        note = bl.python_env_note(args.keep_python_env)
-        if note:
-            b.notes.append(note)
-        if b.cmd["torchrun"] is None:
-            b.notes.append("torchrun not measured (not installed or --no-torchrun)")
+        b.notes += bl.preflight(p, b.cmd, args.keep_python_env)
         b.execute()
         table, summary = build_table(b)
     finally:
@@ -367,8 +360,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: `finally` blocks already cleaned up
-        bl.log(f"interrupted ({e or 'SIGINT'}): every process started was killed, temp dirs removed")
-        sys.exit(130)
+    bl.entry(main)

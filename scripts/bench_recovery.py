@@ -37,7 +37,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -541,15 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     load = bl.LoadWatch()
     b = Bench(args)
-    notes: list[str] = []
     try:
-        if b.cmd["elaunch"] is None:
-            p.error("elaunch is not installed (pip install -e .)")
-        note = bl.python_env_note(args.keep_python_env)
-        if note:
-            notes.append(note)
-        if b.cmd["torchrun"] is None:
-            notes.append("torchrun not measured (not installed or --no-torchrun)")
+        notes = bl.preflight(p, b.cmd, args.keep_python_env)
         b.execute()
         table, summary, more = summarize(b)
         notes += more
@@ -596,8 +588,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: `finally` blocks already cleaned up
-        bl.log(f"interrupted ({str(e) or 'SIGINT'}): every process started was killed, temp dirs removed")
-        sys.exit(130)
+    bl.entry(main)

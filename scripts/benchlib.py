@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import datetime
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 
@@ -558,3 +559,22 @@ class LoadWatch:
 def log(msg: str) -> None:
     """Progress notes go to stderr; stdout carries only the final table."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def preflight(parser: argparse.ArgumentParser, cmd: dict[str, list[str] | None], keep_python_env: bool) -> list[str]:
+    """Refuse to run without elaunch; the notes every launcher benchmark starts with."""
+    if cmd.get("elaunch") is None:
+        parser.error("elaunch is not installed (pip install -e .)")
+    notes = [n for n in (python_env_note(keep_python_env),) if n]
+    if cmd.get("torchrun") is None:
+        notes.append("torchrun not measured (not installed or --no-torchrun)")
+    return notes
+
+
+def entry(main: Callable[[], int]) -> NoReturn:
+    """Run a benchmark's main; on Ctrl-C/SIGTERM/SIGHUP (its `finally` blocks already cleaned up) exit 130."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({str(e) or 'SIGINT'}): every process started was killed, temp dirs removed")
+        sys.exit(130)

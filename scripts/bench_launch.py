@@ -527,27 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print()
-    for n in b.notes:
-        print(f"- {n}")
-    print(f"- total {total:.0f} s; {os.cpu_count()} CPUs; commands: {b.cmd}")
-    out = bl.write_json(
-        "launch-quick" if args.quick else "launch",
-        {
-            "benchmark": "launch",
-            "args": {k: v for k, v in vars(args).items()},
-            "environment": bl.environment(b.cmd),
-            "subreaper": subreaper,
-            "load_average": load_info,
-            "summary": summary,
-            "raw": b.raw,
-            "notes": b.notes,
-            "table": table,
-            "total_seconds": total,
-        },
-        args.out,
-    )
-    bl.log(f"wrote {out}")
-    return 0
+    return bl.finish(
+        "launch", args, b.cmd, b.notes, total, table,
+        subreaper=subreaper, load_average=load_info, summary=summary, raw=b.raw,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Writes bench-results/logs[-quick].json.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import time
@@ -335,28 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "- vs python: throughput relative to plain python (wall time incl. start-up); stream: first to last byte only"
     )
-    for n in b.notes:
-        print(f"- {n}")
-    print(f"- total {total:.0f} s; {os.cpu_count()} CPUs; commands: {b.cmd}")
-    out = bl.write_json(
-        "logs-quick" if args.quick else "logs",
-        {
-            "benchmark": "logs",
-            "args": dict(vars(args)),
-            "line_bytes": len(f"r0 i0000000 {PAD}\n"),
-            "environment": bl.environment(b.cmd),
-            "subreaper": subreaper,
-            "load_average": load_info,
-            "summary": summary,
-            "raw": b.raw,
-            "notes": b.notes,
-            "table": table,
-            "total_seconds": total,
-        },
-        args.out,
-    )
-    bl.log(f"wrote {out}")
-    return 0
+    return bl.finish(
+        "logs", args, b.cmd, b.notes, total, table, line_bytes=len(f"r0 i0000000 {PAD}\n"),
+        subreaper=subreaper, load_average=load_info, summary=summary, raw=b.raw,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -564,27 +564,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print()
-    for n in notes:
-        print(f"- {n}")
-    print(f"- total {total:.0f} s; {os.cpu_count()} CPUs; commands: {b.cmd}")
-    out = bl.write_json(
-        "recovery-quick" if args.quick else "recovery",
-        {
-            "benchmark": "recovery",
-            "args": vars(args),
-            "environment": bl.environment(b.cmd),
-            "subreaper": subreaper,
-            "load_average": load_info,
-            "summary": summary,
-            "trials": b.trials,
-            "notes": notes,
-            "table": table,
-            "total_seconds": total,
-        },
-        args.out,
-    )
-    bl.log(f"wrote {out}")
-    return 0
+    return bl.finish(
+        "recovery", args, b.cmd, notes, total, table,
+        subreaper=subreaper, load_average=load_info, summary=summary, trials=b.trials,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

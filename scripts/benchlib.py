@@ -578,3 +578,24 @@ def entry(main: Callable[[], int]) -> NoReturn:
     except KeyboardInterrupt as e:
         log(f"interrupted ({str(e) or 'SIGINT'}): every process started was killed, temp dirs removed")
         sys.exit(130)
+
+
+def finish(
+    name: str,
+    args: argparse.Namespace,
+    cmd: dict[str, list[str] | None],
+    notes: list[str],
+    total: float,
+    table: str,
+    **fields: Any,
+) -> int:
+    """The end every launcher benchmark shares: notes and totals under the table, then the JSON
+    (`bench-results/<name>[-quick].json`, or --out) with the run's context and `fields`."""
+    for n in notes:
+        print(f"- {n}")
+    print(f"- total {total:.0f} s; {os.cpu_count()} CPUs; commands: {cmd}")
+    payload = {"benchmark": name, "args": dict(vars(args)), "environment": environment(cmd), **fields}
+    out = write_json(f"{name}-quick" if args.quick else name, {**payload, "notes": notes, "table": table,
+                                                                 "total_seconds": total}, args.out)  # fmt: skip
+    log(f"wrote {out}")
+    return 0

@@ -9,8 +9,97 @@ the returned `NodeInfo` tuple is pure (see `elaunch.ranks`), so backends never c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+BackendName = Literal["local", "static", "c10d", "etcd", "etcd-v2"]
+"""`local` is the one-node rendezvous (`--standalone`, or any backend with `--nnodes 1`)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """`host:port` of a rendezvous store or server; IPv6 hosts without brackets."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RendezvousSettings:
+    """torchrun's --rdzv-conf timings, in seconds (defaults are torch's dynamic handler's).
+
+    Validated once, by `elaunch.config` (finite, > 0); backends take them as they are.
+    """
+
+    join_timeout: float = 600.0
+    last_call_timeout: float = 30.0
+    close_timeout: float = 30.0
+    heartbeat_timeout: float = 5.0
+    keep_alive_interval: float = 5.0
+    keep_alive_max_attempt: int = 3
+    read_timeout: float = 60.0
+
+    @property
+    def beat_period(self) -> float:
+        """Seconds between heartbeats (and between checks in bounded waits).
+
+        A node is lost after `keep_alive_max_attempt` missed beats, and that must fit in
+        `heartbeat_timeout`, so the period is the shorter of keep_alive_interval and
+        heartbeat_timeout / keep_alive_max_attempt (5/3 s with the defaults).
+        """
+        return min(self.keep_alive_interval, self.heartbeat_timeout / max(1, self.keep_alive_max_attempt))
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How to reach etcd and where the keys go, from --rdzv-conf (see `config.parse_etcd_conf`)."""
+
+    protocol: Literal["http", "https"] = "http"
+    ca_cert: str | None = None
+    """CA bundle that signed etcd's server certificate (else the system's)."""
+    cert: str | None = None
+    """Client certificate (PEM); may also hold the key."""
+    key: str | None = None
+    prefix: str = ""
+    """Put before every key (`/team/elaunch/<run_id>/...`); empty or `/a/b` without a trailing slash."""
+
+
+@dataclass(frozen=True)
+class RendezvousConfig:
+    """Where and how this node meets the others: built and validated by `elaunch.config`,
+    turned into a backend by `elaunch.rendezvous.create_rendezvous`. Every value is final: a
+    backend never re-reads --rdzv-conf or raises ConfigError."""
+
+    backend: BackendName
+    run_id: str
+    min_nodes: int = 1
+    max_nodes: int = 1
+    endpoint: Endpoint | None = None
+    """c10d/etcd: the store or server; static: rank 0's MASTER_ADDR:MASTER_PORT (the agent store)."""
+    node_rank: int | None = None
+    """static: this node's fixed rank (always set); c10d/etcd: a preferred group rank, or None."""
+    master_addr: str = "127.0.0.1"
+    """local: MASTER_ADDR of the workers."""
+    master_port: int = 0
+    """local: MASTER_PORT of the workers; 0 picks a free port each round."""
+    local_addr: str | None = None
+    """This node's address as other nodes reach it (`--local-addr`), else its host name."""
+    settings: RendezvousSettings = field(default_factory=RendezvousSettings)
+    is_host: bool | None = None
+    """c10d: host the TCPStore here (True), never (False), or when the endpoint is local (None)."""
+    use_libuv: bool = True
+    etcd: EtcdOptions | None = None
+    """etcd/etcd-v2 only."""
+    standalone: bool = False
+    """The run id was made up for this run (`--standalone` or torchrun's one-node quirk)."""
+
+    @property
+    def single_node(self) -> bool:
+        return self.max_nodes == 1
 
 
 @dataclass(frozen=True)

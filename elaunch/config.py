@@ -83,6 +83,40 @@ class StdSpec:
     def for_rank(self, local_rank: int) -> int:
         return self.per_rank.get(local_rank, self.default)
 
+    @property
+    def any(self) -> bool:
+        """Some stream of some rank goes to a file."""
+        return bool(self.default or any(self.per_rank.values()))
+
+    def covers(self, stream: int) -> bool:
+        """`stream` (1 or 2) of some rank goes to a file."""
+        return bool(self.default & stream or any(v & stream for v in self.per_rank.values()))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where the workers' output and the run's records go (torchrun's log options and elaunch's own)."""
+
+    log_dir: str | None = None
+    redirects: StdSpec = field(default_factory=StdSpec)
+    tee: StdSpec = field(default_factory=StdSpec)
+    duplicate_filters: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    """Per stream (1 stdout, 2 stderr): teed lines containing any of these strings are also
+    written to attempt_<k>/filtered_{stdout,stderr}.log (torchrun's --duplicate-*-filters)."""
+    local_ranks_filter: frozenset[int] | None = None
+    ranks_filter: frozenset[int] | None = None
+    log_line_prefix: str | None = None
+    """A prefix template (`${rank}` ...); None for elaunch's default."""
+    live: bool | None = None
+    """False: plain text even on a terminal (`--no-live`); None: live view on a terminal."""
+    summary_file: str | None = None
+    events_file: str | None = None
+
+    @property
+    def files(self) -> bool:
+        """Some worker stream goes to a per-rank file (-r or -t)."""
+        return self.redirects.any or self.tee.any
+
 
 @dataclass(frozen=True)
 class LaunchConfig:

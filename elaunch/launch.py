@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import sys
@@ -20,8 +19,16 @@ from elaunch.events import Bus, Message, RunFinished, Sink
 from elaunch.logfiles import LogFiles
 from elaunch.ranks import assign_ranks, worker_argv, worker_env
 from elaunch.reaper import Reaper
-from elaunch.rendezvous.api import NodeInfo, Rendezvous, RendezvousInfo
-from elaunch.rendezvous.local import LocalRendezvous
+from elaunch.rendezvous import create_rendezvous
+from elaunch.rendezvous.api import (
+    Endpoint,
+    EtcdOptions,
+    NodeInfo,
+    Rendezvous,
+    RendezvousConfig,
+    RendezvousInfo,
+    RendezvousSettings,
+)
 from elaunch.rundir import RunDir
 from elaunch.signals import SignalTrap
 from elaunch.spec import RunResult, WorkerSpec, WorkerState
@@ -215,39 +222,66 @@ def _master_addr(config: LaunchConfig) -> str:
     return config.master_addr
 
 
+def _rendezvous_config(config: LaunchConfig) -> RendezvousConfig:
+    """Interim (until config.py builds it): the RendezvousConfig of a LaunchConfig, with the
+    checks the rendezvous package made on --rdzv-conf before it took typed values."""
+    conf = config.rdzv_conf
+    backend = "local" if config.single_node else config.rdzv_backend
+    timings: dict[str, float] = {k: float(v) for k, v in conf.items() if k in cfg.RDZV_CONF_DEFAULTS}  # type: ignore[arg-type]
+    if backend in ("static", *cfg.ETCD_BACKENDS) and "timeout" in conf:
+        try:
+            join = float(str(conf["timeout"]))
+        except ValueError:
+            raise ConfigError(f"--rdzv-conf timeout: expected seconds, got {conf['timeout']!r}") from None
+        if not join > 0:
+            raise ConfigError(f"--rdzv-conf timeout: must be greater than 0, got {conf['timeout']!r}")
+        timings.setdefault("join_timeout", join)
+    attempts = max(1, int(timings.pop("keep_alive_max_attempt", 3)))
+    settings = RendezvousSettings(**timings, keep_alive_max_attempt=attempts)
+    etcd = None
+    if backend in cfg.ETCD_BACKENDS:
+        opts = cfg.parse_etcd_conf(conf, backend)
+        for what, path in (("cacert", opts.ca_cert), ("cert", opts.cert), ("key", opts.key)):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"--rdzv-conf {what}: no such file: {path}")
+        etcd = EtcdOptions(opts.protocol, opts.ca_cert, opts.cert, opts.key, opts.prefix)
+    if backend == "c10d":
+        store_type = str(conf.get("store_type", "tcp")).strip().lower()
+        if store_type != "tcp":
+            raise NotSupportedError(f"--rdzv-conf store_type={store_type}: only tcp is supported")
+    endpoint = None
+    if backend == "static":
+        if not 0 <= config.node_rank < config.max_nodes:
+            raise ConfigError(
+                f"--node-rank must be in 0..{config.max_nodes - 1} with --nnodes {config.max_nodes}, got {config.node_rank}"
+            )
+        endpoint = Endpoint(config.master_addr, config.master_port or cfg.DEFAULT_MASTER_PORT)
+    elif config.rdzv_endpoint is not None:
+        endpoint = Endpoint(config.rdzv_endpoint.host, config.rdzv_endpoint.port)
+    elif backend != "local":
+        raise NotSupportedError(f"--rdzv-backend {config.rdzv_backend} is not supported yet")
+    is_host = conf.get("is_host")
+    return RendezvousConfig(
+        backend=backend,  # type: ignore[arg-type]
+        run_id=config.run_id,
+        min_nodes=config.min_nodes,
+        max_nodes=config.max_nodes,
+        endpoint=endpoint,
+        node_rank=config.node_rank if backend == "static" else None,
+        master_addr=_master_addr(config),
+        master_port=0 if config.standalone else (config.master_port or cfg.DEFAULT_MASTER_PORT),
+        local_addr=config.local_addr,
+        settings=settings,
+        is_host=None if is_host is None else bool(is_host),
+        use_libuv=bool(conf.get("use_libuv", True)),
+        etcd=etcd,
+        standalone=config.standalone,
+    )
+
+
 def make_rendezvous(config: LaunchConfig) -> Rendezvous:
     """The backend for this config; one node needs no store and never imports torch."""
-    if config.single_node:
-        return LocalRendezvous(
-            run_id=config.run_id,
-            master_addr=_master_addr(config),
-            master_port=0 if config.standalone else (config.master_port or cfg.DEFAULT_MASTER_PORT),
-        )
-    if config.rdzv_backend == "static":
-        from elaunch.rendezvous.static import create_static_rendezvous
-
-        return create_static_rendezvous(
-            config.master_addr,
-            config.master_port or cfg.DEFAULT_MASTER_PORT,
-            config.run_id,
-            config.max_nodes,
-            config.node_rank,
-            config.rdzv_conf,
-            config.local_addr,
-        )
-    if config.rdzv_endpoint is not None and config.rdzv_backend in ("c10d", *cfg.ETCD_BACKENDS):
-        # The same protocol on either store; each module is imported only when used (torch, etcd3gw).
-        if config.rdzv_backend == "c10d":
-            from elaunch.rendezvous.dynamic import create_c10d_rendezvous as create
-        else:
-            from elaunch.rendezvous.etcd import create_etcd_rendezvous
-
-            create = functools.partial(create_etcd_rendezvous, backend=config.rdzv_backend)
-        ep = config.rdzv_endpoint
-        return create(
-            ep.host, ep.port, config.run_id, config.min_nodes, config.max_nodes, config.rdzv_conf, config.local_addr
-        )
-    raise NotSupportedError(f"--rdzv-backend {config.rdzv_backend} is not supported yet")
+    return create_rendezvous(_rendezvous_config(config))
 
 
 def make_spec(config: LaunchConfig, rdzv: Rendezvous, env: Mapping[str, str]) -> WorkerSpec:

@@ -66,10 +66,12 @@ def _make_agent(impl: str, port: int, run_id: str, n: int, index: int, conf: dic
     dist = _dist()
     client = dist.TCPStore("127.0.0.1", port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=300))
     if impl == "elaunch":
+        from elaunch.rendezvous.api import RendezvousSettings
         from elaunch.rendezvous.dynamic import DynamicRendezvous
         from elaunch.rendezvous.store import TCPStoreAdapter
 
-        return DynamicRendezvous(TCPStoreAdapter.wrap(client, 300.0), run_id, n, n, conf, f"agent{index}")
+        settings = RendezvousSettings(**conf)  # type: ignore[arg-type]
+        return DynamicRendezvous(TCPStoreAdapter.wrap(client, 300.0), run_id, n, n, settings, f"agent{index}")
     from torch.distributed.elastic.rendezvous import RendezvousParameters
     from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
@@ -260,7 +262,7 @@ def recovery_worker_main(args: argparse.Namespace) -> None:
     """Agents that complete round 0, then (like the agent) rejoin as soon as membership shows
     a lost node, and report when round 1 is complete."""
     _raise_fd_limit()
-    from elaunch.rendezvous.api import NodeInfo
+    from elaunch.rendezvous.api import NodeInfo, RendezvousSettings
     from elaunch.rendezvous.dynamic import DynamicRendezvous
     from elaunch.rendezvous.store import TCPStoreAdapter
 
@@ -272,7 +274,8 @@ def recovery_worker_main(args: argparse.Namespace) -> None:
         client = dist.TCPStore(
             "127.0.0.1", args.port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=300)
         )
-        return DynamicRendezvous(TCPStoreAdapter.wrap(client), args.run_id, args.n - 1, args.n, conf, f"agent{i}")
+        settings = RendezvousSettings(**conf)
+        return DynamicRendezvous(TCPStoreAdapter.wrap(client), args.run_id, args.n - 1, args.n, settings, f"agent{i}")
 
     with ThreadPoolExecutor(min(64, count)) as ex:
         agents = list(ex.map(make, range(first, first + count)))

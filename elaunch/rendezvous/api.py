@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from elaunch.rendezvous.store import Store
 
 BackendName = Literal["local", "static", "c10d", "etcd", "etcd-v2"]
 """`local` is the one-node rendezvous (`--standalone`, or any backend with `--nnodes 1`)."""
@@ -56,7 +59,7 @@ class RendezvousSettings:
 
 @dataclass(frozen=True)
 class EtcdOptions:
-    """How to reach etcd and where the keys go, from --rdzv-conf (see `config.parse_etcd_conf`)."""
+    """How to reach etcd and where the keys go, from --rdzv-conf (parsed and checked by `elaunch.config`)."""
 
     protocol: Literal["http", "https"] = "http"
     ca_cert: str | None = None
@@ -111,7 +114,8 @@ class NodeInfo:
     role: str
     local_world_size: int
     master_port: int = 0
-    """A free port on this node, used as MASTER_PORT if this node becomes group rank 0."""
+    """A free port on this node, used as MASTER_PORT if this node becomes group rank 0.
+    0: the rendezvous picks a free port on this node (`ports.free_port`) each round."""
     node_rank: int | None = None
     """Preferred group rank (`--node-rank`); honoured when it is free."""
 
@@ -160,8 +164,16 @@ class Rendezvous(Protocol):
     @property
     def max_nodes(self) -> int: ...
 
+    @property
+    def store(self) -> Store | None:
+        """The backend's store (torch's `WorkerGroup.store`), or None when there is none (`local`)."""
+        ...
+
     def next_rendezvous(self, me: NodeInfo) -> RendezvousInfo:
-        """Join the next round and block until it is complete."""
+        """Join the next round and block until it is complete.
+
+        `me.master_port == 0` asks the backend to pick a free port on this node for it.
+        """
         ...
 
     def membership(self) -> Membership:

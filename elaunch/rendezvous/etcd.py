@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from elaunch.config import RDZV_CONF_DEFAULTS, Endpoint, EtcdOptions, parse_etcd_conf
-from elaunch.errors import ConfigError, RendezvousClosedError, StoreError
-from elaunch.rendezvous.dynamic import DynamicRendezvous, RendezvousSettings, _Keys, default_node_id
+from elaunch.errors import RendezvousClosedError, StoreError
+from elaunch.rendezvous.api import Endpoint, EtcdOptions
+from elaunch.rendezvous.keys import Keys
+from elaunch.rendezvous.retry import Retry, retry_until
 from elaunch.rendezvous.store import Value
 
 _KNOWN_MAX = 4096
@@ -392,34 +392,49 @@ def connect_etcd(
     connect_timeout: float = 600.0,
     timeout: float = 60.0,
 ) -> EtcdStore:
-    """An `EtcdStore` once etcd at `host:port` answers; retries (backing off to 1 s) until
-    `connect_timeout`, so that a node started before etcd waits for it, and an unreachable etcd
-    fails within join_timeout with one clear line naming host:port."""
+    """An `EtcdStore` once etcd at `host:port` answers; retries (`retry.retry_until`, backing off
+    to 1 s) until `connect_timeout`, so that a node started before etcd waits for it, and an
+    unreachable etcd fails within join_timeout with one `StoreError` line naming host:port.
+    Something that answers but is not etcd, and TLS failures, raise at once."""
     store = EtcdStore(host, port, timeout=timeout, options=options)
-    start = time.monotonic()
-    deadline = start + connect_timeout
-    delay = 0.05
-    last = "no attempt"
-    while True:
+
+    def attempt(left: float) -> EtcdStore:
         try:
-            store.probe(deadline - time.monotonic())
-            return store
+            store.probe(left)
         except _ProbeError as e:
-            if not e.retry:
-                store.close()
-                raise
-            last = e.reason
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        time.sleep(min(delay, left))  # connection retry back-off, not protocol polling
-        delay = min(delay * 2, 1.0)
-    store.close()
-    raise StoreError(
-        f"could not reach etcd at {store.address}: tried for {time.monotonic() - start:.1f} s "
-        f"(join_timeout {connect_timeout:g} s); last error: {last}. "
-        "Is etcd running there (--rdzv-endpoint host:port, port 2379 by default)?"
-    )
+            if e.retry:
+                raise Retry(e.reason) from None
+            raise
+        return store
+
+    def give_up(elapsed: float, last: str) -> StoreError:
+        return StoreError(
+            f"could not reach etcd at {store.address}: tried for {elapsed:.1f} s "
+            f"(join_timeout {connect_timeout:g} s); last error: {last}. "
+            "Is etcd running there (--rdzv-endpoint host:port, port 2379 by default)?"
+        )
+
+    try:
+        return retry_until(attempt, connect_timeout, give_up)
+    except BaseException:
+        store.close()
+        raise
+
+
+def refuse_closed_run(store: EtcdStore, run_id: str) -> None:
+    """Raise `RendezvousClosedError` if job `run_id` is already closed in this etcd.
+
+    etcd keeps a finished job's keys: the same --rdzv-id again would join a closed job. The
+    message names the reason and the `etcdctl` line that removes the old keys.
+    """
+    keys = Keys(run_id)
+    if store.check([keys.closed]):
+        reason = store.get(keys.closed).decode(errors="replace")
+        where = f"{store.prefix}{keys.prefix}/"
+        raise RendezvousClosedError(
+            f"rendezvous '{run_id}' in etcd at {store.address} is closed ({reason}); for a new job use "
+            f"a new --rdzv-id, or remove the old keys: etcdctl --endpoints {store.address} del --prefix {where}"
+        )
 
 
 def _api_path(version: str) -> str:
@@ -431,61 +446,4 @@ def _api_path(version: str) -> str:
     return "/v3/" if major_minor >= (3, 4) else "/v3beta/" if major_minor >= (3, 3) else "/v3alpha/"
 
 
-def create_etcd_rendezvous(
-    endpoint_host: str,
-    endpoint_port: int,
-    run_id: str,
-    min_nodes: int,
-    max_nodes: int,
-    conf: Mapping[str, object] | None = None,
-    local_addr: str | None = None,
-    *,
-    backend: str = "etcd-v2",
-    node_id: str | None = None,
-) -> DynamicRendezvous:
-    """`--rdzv-backend etcd` / `etcd-v2`: connect to etcd (waiting up to join_timeout), then the
-    same rendezvous as c10d. No node hosts anything, so group rank 0 is the first to join unless
-    a `--node-rank` preference says otherwise. torch's `timeout` key means join_timeout here."""
-    conf = dict(conf or {})
-    options = parse_etcd_conf(conf, backend)
-    for what, path in (("cacert", options.ca_cert), ("cert", options.cert), ("key", options.key)):
-        if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"--rdzv-conf {what}: no such file: {path}")
-    timings: dict[str, object] = {k: v for k, v in conf.items() if k in RDZV_CONF_DEFAULTS}
-    if "timeout" in conf:
-        try:
-            timings.setdefault("join_timeout", float(str(conf["timeout"])))
-        except ValueError:
-            raise ConfigError(f"--rdzv-conf timeout: expected seconds, got {conf['timeout']!r}") from None
-    settings = RendezvousSettings.from_conf(timings)
-    store = connect_etcd(
-        endpoint_host,
-        endpoint_port,
-        options=options,
-        connect_timeout=settings.join_timeout,
-        timeout=settings.read_timeout,
-    )
-    try:
-        closed = _Keys(run_id).closed
-        if store.check([closed]):
-            # etcd keeps a finished job's keys: the same --rdzv-id again would join a closed job.
-            reason = store.get(closed).decode(errors="replace")
-            where = f"{options.prefix}{closed.rsplit('/', 1)[0]}/"
-            raise RendezvousClosedError(
-                f"rendezvous '{run_id}' in etcd at {store.address} is closed ({reason}); for a new job use "
-                f"a new --rdzv-id, or remove the old keys: etcdctl --endpoints {store.address} del --prefix {where}"
-            )
-        return DynamicRendezvous(
-            store,
-            run_id,
-            min_nodes,
-            max_nodes,
-            conf=timings,
-            node_id=node_id or default_node_id(local_addr),
-        )
-    except BaseException:
-        store.close()
-        raise
-
-
-__all__ = ["EtcdStore", "connect_etcd", "create_etcd_rendezvous"]
+__all__ = ["EtcdStore", "connect_etcd", "refuse_closed_run"]

@@ -7,13 +7,15 @@ from collections.abc import Callable
 
 from elaunch.errors import RendezvousClosedError
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo
+from elaunch.rendezvous.ports import free_port
 
 
 class LocalRendezvous:
     """A group of exactly this node; rounds only count restarts.
 
-    `master_addr`/`master_port` fix where rank 0's worker hosts the process-group store;
-    when the port is 0 each round's NodeInfo must carry a free port picked by the agent.
+    `master_addr`/`master_port` fix where rank 0's worker hosts the process-group store.
+    A port of 0 means: each round uses `me.master_port`, or, when that is 0 too, a free port
+    picked on this node (`ports.free_port`).
     """
 
     def __init__(self, run_id: str | None = None, master_addr: str = "127.0.0.1", master_port: int = 0) -> None:
@@ -33,6 +35,11 @@ class LocalRendezvous:
         return 1
 
     @property
+    def store(self) -> None:
+        """No store: one node has nobody to meet."""
+        return None
+
+    @property
     def max_nodes(self) -> int:
         return 1
 
@@ -40,7 +47,7 @@ class LocalRendezvous:
         if self._closed is not None:
             raise RendezvousClosedError(self._closed)
         self._round += 1
-        port = self._master_port or me.master_port
+        port = self._master_port or me.master_port or free_port()
         return RendezvousInfo(
             run_id=self._run_id,
             round=self._round,

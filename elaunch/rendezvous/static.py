@@ -10,13 +10,12 @@ makes the others restart too, lost nodes are noticed, and the exit barrier works
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 
-from elaunch.errors import ConfigError
-from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo
-from elaunch.rendezvous.dynamic import DynamicRendezvous, RendezvousSettings, default_node_id
-from elaunch.rendezvous.store import Store, connect_store
+from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
+from elaunch.rendezvous.dynamic import DynamicRendezvous
+from elaunch.rendezvous.store import Store
 
 
 class StaticRendezvous:
@@ -24,6 +23,7 @@ class StaticRendezvous:
 
     It is the dynamic protocol with MIN = MAX = nnodes and strict ranks; what it returns
     points the workers at the agent's store (`master_addr:master_port`, `use_agent_store`).
+    `node_rank` must be in 0..nnodes-1 (validated by `elaunch.config`; else `ValueError`).
     """
 
     def __init__(
@@ -34,13 +34,13 @@ class StaticRendezvous:
         node_rank: int,
         master_addr: str,
         master_port: int,
-        conf: Mapping[str, object] | None = None,
+        settings: RendezvousSettings | None = None,
         node_id: str | None = None,
         *,
         owns_store: bool = True,
     ) -> None:
         if not 0 <= node_rank < nnodes:
-            raise ConfigError(f"--node-rank must be in 0..{nnodes - 1} with --nnodes {nnodes}, got {node_rank}")
+            raise ValueError(f"StaticRendezvous: node_rank must be in 0..{nnodes - 1}, got {node_rank}")
         self._rank = node_rank
         self._addr = master_addr
         self._port = master_port
@@ -49,7 +49,7 @@ class StaticRendezvous:
             run_id,
             nnodes,
             nnodes,
-            conf,
+            settings,
             node_id,
             master_priority=0,
             strict_node_ranks=True,
@@ -72,8 +72,16 @@ class StaticRendezvous:
     def node_rank(self) -> int:
         return self._rank
 
+    @property
+    def store(self) -> Store:
+        """The agent store the workers use (node 0 hosts it at MASTER_ADDR:MASTER_PORT)."""
+        return self._dyn.store
+
     def next_rendezvous(self, me: NodeInfo) -> RendezvousInfo:
-        info = self._dyn.next_rendezvous(replace(me, node_rank=self._rank))
+        """Join the next round as `node_rank`; MASTER_ADDR:MASTER_PORT are the agent store's, so a
+        `me.master_port` of 0 needs no free port (the record carries the store's port)."""
+        me = replace(me, node_rank=self._rank, master_port=me.master_port or self._port)
+        info = self._dyn.next_rendezvous(me)
         return replace(info, master_addr=self._addr, master_port=self._port, use_agent_store=True)
 
     def membership(self) -> Membership:
@@ -98,51 +106,4 @@ class StaticRendezvous:
         self._dyn.shutdown()
 
 
-def create_static_rendezvous(
-    master_addr: str,
-    master_port: int,
-    run_id: str,
-    nnodes: int,
-    node_rank: int,
-    conf: Mapping[str, object] | None = None,
-    local_addr: str | None = None,
-    *,
-    node_id: str | None = None,
-) -> StaticRendezvous:
-    """Node 0 hosts the TCPStore at `master_addr:master_port`; the others connect to it.
-
-    `conf` may carry torch's static `timeout` (seconds; default join_timeout, 600) which bounds
-    how long a node waits for the store and for the others.
-    """
-    conf = dict(conf or {})
-    timings = {k: v for k, v in conf.items() if k in RendezvousSettings.__dataclass_fields__}
-    if "timeout" in conf:
-        try:
-            timings.setdefault("join_timeout", float(conf["timeout"]))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ConfigError(f"--rdzv-conf timeout: expected seconds, got {conf['timeout']!r}") from None
-    settings = RendezvousSettings.from_conf(timings)
-    if not 0 <= node_rank < nnodes:
-        raise ConfigError(f"--node-rank must be in 0..{nnodes - 1} with --nnodes {nnodes}, got {node_rank}")
-    store = connect_store(
-        master_addr,
-        master_port,
-        is_host=node_rank == 0,
-        connect_timeout=settings.join_timeout,
-        timeout=settings.read_timeout,
-        use_libuv=bool(conf.get("use_libuv", True)),
-    )
-    try:
-        return StaticRendezvous(
-            store,
-            run_id,
-            nnodes,
-            node_rank,
-            master_addr,
-            master_port,
-            timings,
-            node_id or default_node_id(local_addr),
-        )
-    except BaseException:
-        store.close()
-        raise
+__all__ = ["StaticRendezvous"]

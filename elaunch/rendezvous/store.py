@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from elaunch.errors import StoreError
+from elaunch.rendezvous.retry import Retry, retry_until
 
 Value = str | bytes
 
@@ -461,31 +462,24 @@ def is_local_address(host: str) -> bool:
 
 
 def _wait_reachable(host: str, port: int, timeout: float) -> None:
-    """Connect plain TCP until the server answers, so an unreachable endpoint fails within
-    `timeout` with a clear message (and without importing torch). Retries back off to 1 s."""
-    start = time.monotonic()
-    deadline = start + timeout
-    delay = 0.05
-    last: BaseException | None = None
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
+    """Connect plain TCP until the server answers (`retry.retry_until`), so an unreachable
+    endpoint fails within `timeout` with a clear message (and without importing torch)."""
+
+    def attempt(left: float) -> None:
         try:
             with socket.create_connection((host, port), timeout=min(left, 10.0)):
                 return
         except OSError as e:
-            last = e
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        time.sleep(min(delay, left))  # connection retry back-off, not protocol polling
-        delay = min(delay * 2, 1.0)
-    raise StoreError(
-        f"could not reach the rendezvous store at {_fmt_addr(host, port)}: tried for "
-        f"{time.monotonic() - start:.1f} s (join_timeout {timeout:g} s); last error: {last}. "
-        "Is the node that hosts it (the one named by --rdzv-endpoint) running?"
-    )
+            raise Retry(str(e)) from None
+
+    def give_up(elapsed: float, last: str) -> StoreError:
+        return StoreError(
+            f"could not reach the rendezvous store at {_fmt_addr(host, port)}: tried for "
+            f"{elapsed:.1f} s (join_timeout {timeout:g} s); last error: {last}. "
+            "Is the node that hosts it (the one named by --rdzv-endpoint) running?"
+        )
+
+    retry_until(attempt, timeout, give_up)
 
 
 def connect_store(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from elaunch.errors import StoreError
-from elaunch.rendezvous.api import NodeInfo
+from elaunch.rendezvous.api import NodeInfo, RendezvousConfig, RendezvousSettings
 from elaunch.rendezvous.dynamic import DynamicRendezvous
 from elaunch.rendezvous.store import MemoryStore, Store
 
@@ -23,6 +23,30 @@ FAST = {
     "close_timeout": 2.0,
     "read_timeout": 10.0,
 }
+
+
+def settings(conf: dict[str, float] | None = None) -> RendezvousSettings:
+    """Typed settings from a --rdzv-conf-like dict of timings (FAST when None)."""
+    values = dict(FAST if conf is None else conf)
+    attempts = int(values.pop("keep_alive_max_attempt", 3))
+    return RendezvousSettings(**values, keep_alive_max_attempt=attempts)
+
+
+def config(
+    backend: str, port: int, run_id: str = "job", nnodes: tuple[int, int] = (2, 2), **kw: Any
+) -> RendezvousConfig:
+    """A RendezvousConfig on 127.0.0.1:`port` with FAST settings unless `settings=` is given."""
+    from elaunch.rendezvous.api import Endpoint
+
+    kw.setdefault("settings", settings())
+    return RendezvousConfig(
+        backend=backend,  # type: ignore[arg-type]
+        run_id=run_id,
+        min_nodes=nnodes[0],
+        max_nodes=nnodes[1],
+        endpoint=Endpoint("127.0.0.1", port),
+        **kw,
+    )
 
 
 def info(host: str, node_rank: int | None = None, port: int = 29500, lws: int = 1) -> NodeInfo:
@@ -111,7 +135,7 @@ def nodes(
         if severable:
             conn = Severable(conn)
         prio = priorities[i] if i < len(priorities) else 0
-        out.append(DynamicRendezvous(conn, run_id, min_nodes, max_nodes, conf or FAST, f"n{i}", master_priority=prio))
+        out.append(DynamicRendezvous(conn, run_id, min_nodes, max_nodes, settings(conf), f"n{i}", master_priority=prio))
     return out
 
 

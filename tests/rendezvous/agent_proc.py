@@ -13,8 +13,7 @@ import sys
 import threading
 
 from elaunch.errors import ElaunchError
-from elaunch.rendezvous.api import NodeInfo
-from elaunch.rendezvous.dynamic import create_c10d_rendezvous
+from elaunch.rendezvous import Endpoint, NodeInfo, RendezvousConfig, RendezvousSettings, create_rendezvous
 
 _out = threading.Lock()
 
@@ -35,9 +34,16 @@ def main() -> None:
     a = p.parse_args()
     lo, _, hi = a.nnodes.partition(":")
     try:
-        rdzv = create_c10d_rendezvous(
-            "127.0.0.1", a.port, a.run_id, int(lo), int(hi or lo), json.loads(a.conf), node_id=a.name
+        conf = json.loads(a.conf)
+        cfg = RendezvousConfig(
+            backend="c10d",
+            run_id=a.run_id,
+            min_nodes=int(lo),
+            max_nodes=int(hi or lo),
+            endpoint=Endpoint("127.0.0.1", a.port),
+            settings=RendezvousSettings(**conf),
         )
+        rdzv = create_rendezvous(cfg, node_id=a.name)
     except ElaunchError as e:
         say(event="error", op="create", type=type(e).__name__, message=e.message)
         return
@@ -66,7 +72,7 @@ def main() -> None:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    say(event="ready", store=rdzv.store_address)
+    say(event="ready", store=rdzv.store.address if rdzv.store is not None else None)
     for line in sys.stdin:
         cmd, _, arg = line.strip().partition(" ")
         try:

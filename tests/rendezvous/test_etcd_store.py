@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from elaunch.config import EtcdOptions
-from elaunch.errors import ConfigError, RendezvousClosedError, StoreError
-from elaunch.rendezvous.dynamic import STORE_LOST, DynamicRendezvous
+from elaunch.errors import RendezvousClosedError, StoreError
+from elaunch.rendezvous import EtcdOptions, Rendezvous, create_rendezvous
+from elaunch.rendezvous.dynamic import STORE_LOST
 from tests.helpers import wait_until
 
-from ._support import FAST, Call, info, rdzv_threads
+from ._support import FAST, Call, config, info, rdzv_threads, settings
 
 pytest.importorskip("etcd3gw")
 
-from elaunch.rendezvous.etcd import EtcdStore, connect_etcd, create_etcd_rendezvous
+from elaunch.rendezvous.etcd import EtcdStore, connect_etcd
 
 
 @pytest.fixture
@@ -175,23 +175,15 @@ def test_something_that_is_not_etcd_fails_at_once() -> None:
         t.join(5)
 
 
-@pytest.mark.timeout(30)
-def test_tls_files_must_exist() -> None:
-    with pytest.raises(ConfigError, match="no such file"):
-        create_etcd_rendezvous(
-            "127.0.0.1", _free_port(), "j", 2, 2, {"protocol": "https", "cacert": "/nonexistent/ca.pem"}
-        )
-
-
 @pytest.mark.etcd
 @pytest.mark.timeout(60)
 def test_a_round_over_etcd_then_losing_etcd_closes_the_job(etcd_server: Any) -> None:
     port = etcd_server.port
-    conf = {**FAST, "join_timeout": 20.0}
-    rs: list[DynamicRendezvous] = []
+    cfg = config("etcd-v2", port, run_id="job/1", settings=settings({**FAST, "join_timeout": 20.0}))
+    rs: list[Rendezvous] = []
     try:
         for i in range(2):
-            rs.append(create_etcd_rendezvous("127.0.0.1", port, "job/1", 2, 2, conf, node_id=f"n{i}"))
+            rs.append(create_rendezvous(cfg, node_id=f"n{i}"))
         calls = [Call(lambda r=r, i=i: r.next_rendezvous(info(f"h{i}")), f"node{i}") for i, r in enumerate(rs)]
         got = [c.result(20) for c in calls]
         assert sorted(g.group_rank for g in got) == [0, 1]
@@ -212,13 +204,14 @@ def test_a_round_over_etcd_then_losing_etcd_closes_the_job(etcd_server: Any) -> 
 @pytest.mark.etcd
 @pytest.mark.timeout(60)
 def test_a_finished_run_id_is_refused_with_how_to_reuse_it(etcd_server: Any) -> None:
-    rs = [create_etcd_rendezvous("127.0.0.1", etcd_server.port, "done", 1, 1, FAST, node_id="n0")]
+    cfg = config("etcd", etcd_server.port, run_id="done", nnodes=(1, 1))
+    rs = [create_rendezvous(cfg, node_id="n0")]
     try:
         rs[0].next_rendezvous(info("h0"))
         rs[0].exit_barrier(5)
     finally:
         rs[0].shutdown()  # passed the barrier: closes the job ("finished")
     with pytest.raises(RendezvousClosedError) as e:
-        create_etcd_rendezvous("127.0.0.1", etcd_server.port, "done", 1, 1, FAST, node_id="n1")
+        create_rendezvous(cfg, node_id="n1")
     msg = e.value.message
     assert "finished" in msg and "--rdzv-id" in msg and "del --prefix /elaunch/done/" in msg, msg

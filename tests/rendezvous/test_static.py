@@ -9,12 +9,13 @@ from datetime import timedelta
 
 import pytest
 
-from elaunch.errors import ConfigError, RendezvousError
-from elaunch.rendezvous.static import StaticRendezvous, create_static_rendezvous
+from elaunch.errors import RendezvousError
+from elaunch.rendezvous import create_rendezvous
+from elaunch.rendezvous.static import StaticRendezvous
 from elaunch.rendezvous.store import MemoryStore
 from tests.helpers import wait_until
 
-from ._support import FAST, Call, info
+from ._support import Call, config, info, settings
 
 
 def _free_port() -> int:
@@ -27,8 +28,14 @@ def _free_port() -> int:
 def test_static_over_tcp_keeps_ranks_and_points_workers_at_the_agent_store() -> None:
     torch_dist = pytest.importorskip("torch.distributed")
     port = _free_port()
-    node0 = create_static_rendezvous("127.0.0.1", port, "job", 3, 0, FAST)  # node 0 hosts at MASTER_PORT
-    others = [create_static_rendezvous("127.0.0.1", port, "job", 3, r, FAST) for r in (2, 1)]
+
+    def static(rank: int) -> StaticRendezvous:
+        r = create_rendezvous(config("static", port, nnodes=(3, 3), node_rank=rank))
+        assert isinstance(r, StaticRendezvous)
+        return r
+
+    node0 = static(0)  # node 0 hosts at MASTER_PORT
+    others = [static(r) for r in (2, 1)]
     everyone = [node0, *others]
     try:
         lws = {0: 2, 1: 1, 2: 4}  # nodes may run different numbers of workers
@@ -63,8 +70,8 @@ def test_static_over_tcp_keeps_ranks_and_points_workers_at_the_agent_store() -> 
 @pytest.mark.timeout(20)
 def test_duplicate_node_ranks_fail_clearly_for_everyone() -> None:
     store = MemoryStore()
-    a = StaticRendezvous(store.clone(), "job", 2, 1, "m", 29500, FAST, "a")
-    b = StaticRendezvous(store.clone(), "job", 2, 1, "m", 29500, FAST, "b")
+    a = StaticRendezvous(store.clone(), "job", 2, 1, "m", 29500, settings(), "a")
+    b = StaticRendezvous(store.clone(), "job", 2, 1, "m", 29500, settings(), "b")
     try:
         ca = Call(lambda: a.next_rendezvous(info("ha")))
         cb = Call(lambda: b.next_rendezvous(info("hb")))
@@ -76,8 +83,10 @@ def test_duplicate_node_ranks_fail_clearly_for_everyone() -> None:
         b.shutdown()
 
 
-def test_node_rank_out_of_range_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"--node-rank must be in 0..1"):
-        StaticRendezvous(MemoryStore(), "job", 2, 2, "m", 29500)
-    with pytest.raises(ConfigError, match=r"--node-rank must be in 0..2"):
-        create_static_rendezvous("127.0.0.1", 1, "job", 3, -1)
+@pytest.mark.timeout(10)
+def test_node_rank_out_of_range_is_refused_before_any_store_call() -> None:
+    # the usage error (exit 2) is elaunch.config's; here an out-of-range rank is a programming error
+    store = MemoryStore()
+    with pytest.raises(ValueError, match=r"node_rank must be in 0..1"):
+        StaticRendezvous(store, "job", 2, 2, "m", 29500)
+    assert store.list_keys() == []

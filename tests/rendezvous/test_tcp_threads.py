@@ -12,7 +12,7 @@ from elaunch.rendezvous.dynamic import STORE_LOST, DynamicRendezvous
 from elaunch.rendezvous.store import connect_store
 from tests.helpers import wait_until
 
-from ._support import FAST, Call, FreezableProxy, info
+from ._support import FAST, Call, FreezableProxy, info, settings
 
 pytest.importorskip("torch")
 
@@ -25,7 +25,7 @@ def test_a_silent_store_is_reported_lost_and_nothing_hangs() -> None:
     try:
         for i in range(2):
             conn = connect_store("127.0.0.1", proxy.port, is_host=False, connect_timeout=10, timeout=10)
-            rs.append(DynamicRendezvous(conn, "job", 2, 2, FAST, f"n{i}"))
+            rs.append(DynamicRendezvous(conn, "job", 2, 2, settings(), f"n{i}"))
         calls = [Call(lambda r=r, i=i: r.next_rendezvous(info(f"h{i}"))) for i, r in enumerate(rs)]
         assert [c.result(20).group_world_size for c in calls] == [2, 2]
         t0 = time.monotonic()

@@ -1,0 +1,272 @@
+"""The membership thread: heartbeats, the ring watch, and this node's view of membership.
+
+One thread per node (`elaunch-rdzv-<run id>`) on the control connection. Every beat period it
+makes at most six store operations, whatever the number of nodes: is the job closed, beat, read
+the watched node's counter, read `R/lost`, read how many wait in the next round. Decisions
+(stale counter, next node to watch) are `rounds` functions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from elaunch.errors import StoreError
+from elaunch.rendezvous import rounds
+from elaunch.rendezvous.api import Membership, RendezvousSettings
+from elaunch.rendezvous.keys import Keys
+from elaunch.rendezvous.rounds import BeatSeen, Round
+from elaunch.rendezvous.store import Store
+
+STORE_LOST = "lost the rendezvous store"
+"""How `Membership.reason` starts when this node lost the store (then: `at host:port: error`)."""
+
+
+class Beat:
+    """A heartbeat counter read on our own clock (see `rounds.heartbeat_stale`)."""
+
+    def __init__(self, timeout: float, period: float) -> None:
+        self._timeout = timeout
+        self._period = period
+        self._seen = BeatSeen()
+
+    def stale(self, value: int, now: float) -> bool:
+        """Remember `value` read at `now` (monotonic); True once it has not moved for `timeout`."""
+        self._seen, lost = rounds.heartbeat_stale(self._seen, value, now, self._timeout, self._period)
+        return lost
+
+
+class RingWatch:
+    """Which ring neighbour this node watches (the next group rank), and its heartbeat."""
+
+    def __init__(self, timeout: float, period: float) -> None:
+        self._timeout = timeout
+        self._period = period
+        self.round = -1
+        self.me = 0
+        self.target: int | None = None
+        self.beat = Beat(timeout, period)
+
+    def reset(self, rv: Round) -> None:
+        self.round = rv.number
+        self.me = rv.rank
+        self.target = rounds.ring_target(rv.rank, rv.size)
+        self.beat = Beat(self._timeout, self._period)
+
+    def advance(self, rv: Round) -> None:
+        """Watch the next node in the ring (the lost one watched it); stop when back at us."""
+        self.beat = Beat(self._timeout, self._period)
+        self.target = rounds.ring_after(self.target or 0, self.me, rv.size)
+
+
+class MembershipState:
+    """This node's view, shared by the joining calls and the membership thread (thread-safe).
+
+    `closed` holds the reason once the job is closed; a new round resets `waiting` and `lost`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._round: Round | None = None
+        self._waiting = 0
+        self._lost: tuple[str, ...] = ()
+        self._closed: str | None = None
+        self._wake: Callable[[], None] | None = None
+
+    @property
+    def round(self) -> Round | None:
+        with self._lock:
+            return self._round
+
+    @property
+    def closed(self) -> str | None:
+        with self._lock:
+            return self._closed
+
+    @property
+    def lost(self) -> tuple[str, ...]:
+        with self._lock:
+            return self._lost
+
+    def view(self) -> Membership:
+        with self._lock:
+            return Membership(
+                waiting=self._waiting, lost=self._lost, closed=self._closed is not None, reason=self._closed
+            )
+
+    def new_round(self, rv: Round) -> None:
+        with self._lock:
+            self._round = rv
+            self._waiting = 0
+            self._lost = ()
+
+    def close(self, reason: str) -> str:
+        """Closed locally with `reason` unless already closed; returns the reason that holds."""
+        with self._lock:
+            if self._closed is None:
+                self._closed = reason
+            return self._closed
+
+    def closed_by_store(self, reason: str) -> bool:
+        """The store says the job is closed for `reason` (the first reason there wins over a
+        local one); True if that changed the view."""
+        with self._lock:
+            changed = self._closed != reason
+            self._closed = reason
+            return changed
+
+    def update(self, rv: Round, lost: tuple[str, ...], waiting: int) -> bool:
+        """Store what a beat saw of round `rv`; ignored (False) if another round started meanwhile."""
+        with self._lock:
+            if self._round is not rv:
+                return False
+            changed = lost != self._lost or waiting != self._waiting
+            self._lost, self._waiting = lost, waiting
+            return changed
+
+    def set_wakeup(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._wake = wake
+
+    def notify(self) -> None:
+        """Call the wake-up callback, if any; a broken callback must not kill the watcher."""
+        with self._lock:
+            wake = self._wake
+        if wake is not None:
+            try:
+                wake()
+            except Exception:
+                pass
+
+
+class ControlConnection:
+    """The node's second store connection, for calls that must not queue behind a blocking
+    `wait` on the main one: the membership thread, `set_closed`, `publish_failure`, `failures`,
+    goodbyes. Its calls are bounded by the heartbeat timeout, so a silent store is noticed in time.
+    """
+
+    def __init__(self, store: Store, address: str) -> None:
+        self._store: Store | None = store
+        self._address = address
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def use(self) -> Iterator[Store]:
+        """The connection, held for the block; `StoreError` once it was closed."""
+        with self._lock:
+            if self._store is None:
+                raise StoreError(f"rendezvous store at {self._address}: this node has shut down its connections")
+            yield self._store
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+def release_slot(st: Store, keys: Keys, rv: Round, rank: int, by: str) -> bool:
+    """Mark group rank `rank` of round `rv` as having left it (rejoined, or lost): False if it
+    was already released. Whoever releases the last slot sets the round's `done`, which lets the
+    next round complete."""
+    rk = keys.round(rv.number)
+    if st.compare_set(rk.rel(rank), "", by) != by.encode():
+        return False  # already released: it rejoined, or another node reported it
+    if rounds.round_released(st.add(rk.released, 1), rv.size):
+        st.set(rk.done, "1")
+    return True
+
+
+class Watcher:
+    """The membership thread of one node: started with the first round, ended by `stop`."""
+
+    def __init__(
+        self,
+        ctl: ControlConnection,
+        keys: Keys,
+        node_id: str,
+        settings: RendezvousSettings,
+        state: MembershipState,
+        address: str,
+        name: str,
+    ) -> None:
+        self._ctl = ctl
+        self._k = keys
+        self._id = node_id
+        self._s = settings
+        self._state = state
+        self._address = address
+        self._name = name
+        self._period = settings.beat_period
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread once (no-op afterwards, or once stopped)."""
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Ask the thread to end and wait up to `timeout` seconds for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        """Beat until stopped or closed. A store that keeps failing for heartbeat_timeout closes
+        the job locally with a "lost the rendezvous store" reason: the agent then stops its
+        workers and exits."""
+        w = RingWatch(self._s.heartbeat_timeout, self._period)
+        failing_since: float | None = None
+        # One period between looks, the first one too: not N nodes' worth of calls at the very
+        # moment every node is reading the group.
+        while not self._stop.wait(self._period):
+            try:
+                with self._ctl.use() as ctl:
+                    changed, closed = self.tick(ctl, w)
+                failing_since = None
+            except StoreError as e:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since < self._s.heartbeat_timeout:
+                    continue
+                msg = e.message.removeprefix(f"rendezvous store at {self._address}: ")
+                self._state.close(f"{STORE_LOST} at {self._address}: {msg}")
+                self._state.notify()
+                return
+            if changed:
+                self._state.notify()
+            if closed:
+                return
+
+    def tick(self, ctl: Store, w: RingWatch) -> tuple[bool, bool]:
+        """One heartbeat period: at most 6 store operations, whatever the number of nodes.
+        Returns (the view changed, the job is closed)."""
+        k = self._k
+        if ctl.check([k.closed]):
+            reason = ctl.get(k.closed).decode(errors="replace")
+            return self._state.closed_by_store(reason), True
+        ctl.add(k.hb(self._id), 1)
+        rv = self._state.round
+        if rv is None:
+            return False, False
+        rk = k.round(rv.number)
+        if w.round != rv.number:
+            w.reset(rv)
+        if w.target is not None:
+            target = rv.nodes[w.target]
+            if w.beat.stale(ctl.add(k.hb(target.id), 0), time.monotonic()):
+                if release_slot(ctl, k, rv, w.target, f"lost:{self._id}"):
+                    ctl.append(rk.lost, rounds.lost_line(w.target, target.info.host, target.id))
+                w.advance(rv)
+        lost = self._state.lost
+        if ctl.check([rk.lost]):
+            lost = rounds.lost_hosts(ctl.get(rk.lost))
+        waiting = ctl.add(k.round(rv.number + 1).joined, 0)
+        return self._state.update(rv, lost, waiting), False
+
+
+__all__ = ["STORE_LOST", "Beat", "ControlConnection", "MembershipState", "RingWatch", "Watcher", "release_slot"]

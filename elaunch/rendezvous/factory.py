@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from elaunch.rendezvous.api import Endpoint, EtcdOptions, Rendezvous, RendezvousConfig
 
 if TYPE_CHECKING:
+    from elaunch.rendezvous.etcd import EtcdStore
     from elaunch.rendezvous.store import Store
 
 S = TypeVar("S", bound="Store")
@@ -118,8 +119,8 @@ def _etcd(cfg: RendezvousConfig, ep: Endpoint, node_id: str) -> Rendezvous:
         timeout=s.read_timeout,
     )
 
-    def build(st: Store) -> Rendezvous:
-        refuse_closed_run(store, cfg.run_id)
+    def build(st: EtcdStore) -> Rendezvous:
+        refuse_closed_run(st, cfg.run_id)
         return DynamicRendezvous(st, cfg.run_id, cfg.min_nodes, cfg.max_nodes, s, node_id)
 
     return _built(store, build)

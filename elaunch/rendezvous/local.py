@@ -31,13 +31,13 @@ class LocalRendezvous:
         return self._run_id
 
     @property
-    def min_nodes(self) -> int:
-        return 1
+    def store(self) -> None:
+        """No store: one node needs none."""
+        return None
 
     @property
-    def store(self) -> None:
-        """No store: one node has nobody to meet."""
-        return None
+    def min_nodes(self) -> int:
+        return 1
 
     @property
     def max_nodes(self) -> int:

@@ -69,13 +69,12 @@ class StaticRendezvous:
         return self._dyn.max_nodes
 
     @property
-    def node_rank(self) -> int:
-        return self._rank
+    def store(self) -> Store:
+        return self._dyn.store
 
     @property
-    def store(self) -> Store:
-        """The agent store the workers use (node 0 hosts it at MASTER_ADDR:MASTER_PORT)."""
-        return self._dyn.store
+    def node_rank(self) -> int:
+        return self._rank
 
     def next_rendezvous(self, me: NodeInfo) -> RendezvousInfo:
         """Join the next round as `node_rank`; MASTER_ADDR:MASTER_PORT are the agent store's, so a

@@ -42,7 +42,7 @@ def test_join_indices_decide_arrival_markers_and_the_finaliser() -> None:
         (None, 0, 0),  # the first node of a job
         (None, 3, 3),  # a new node: the open round
         (2, 3, 3),  # a running node restarts into the next round
-        (3, 3, 4),  # the open round is its own (it finalised round 3): the next one
+        (3, 3, 4),  # never a round it was already in
         (1, 5, 5),  # the job moved on while it was away
     ],
 )

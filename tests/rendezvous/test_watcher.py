@@ -1,0 +1,75 @@
+"""One beat of the membership thread (watcher.Watcher.tick) on an in-memory store, driven by
+hand: no thread is started, time passes only as far as a deadline needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from elaunch.rendezvous.api import Membership, RendezvousSettings
+from elaunch.rendezvous.keys import Keys
+from elaunch.rendezvous.rounds import NodeRecord, Round
+from elaunch.rendezvous.store import MemoryStore
+from elaunch.rendezvous.watcher import ControlConnection, MembershipState, RingWatch, Watcher
+from tests.helpers import wait_until
+
+from ._support import info
+
+pytestmark = pytest.mark.timeout(20)
+
+HB = 0.3
+SETTINGS = RendezvousSettings(heartbeat_timeout=HB, keep_alive_interval=0.05)
+
+
+def setup() -> tuple[MemoryStore, Keys, MembershipState, Watcher, RingWatch, Round]:
+    store = MemoryStore()
+    keys = Keys("job")
+    group = tuple(NodeRecord(n, info(f"host-{n}")) for n in ("a", "b", "c"))
+    rv = Round(0, group, rank=0)  # we are a: we watch b, then c
+    state = MembershipState()
+    state.new_round(rv)
+    w = Watcher(ControlConnection(store.clone(), "memory"), keys, "a", SETTINGS, state, "memory", "test-watch")
+    return store, keys, state, w, RingWatch(HB, SETTINGS.beat_period), rv
+
+
+def test_a_stuck_neighbour_is_released_reported_and_skipped() -> None:
+    store, keys, state, w, ring, _ = setup()
+
+    def beat() -> bool:
+        store.add(keys.hb("c"), 1)  # c is alive; b never beats
+        changed, closed = w.tick(store, ring)
+        assert not closed
+        return changed
+
+    assert not beat()
+    assert ring.target == 1
+    wait_until(beat, 5, "b to be found lost")
+    assert state.view() == Membership(lost=("host-b",))
+    r0 = keys.round(0)
+    assert store.get(r0.rel(1)) == b"lost:a"  # its slot was released, by us
+    assert store.add(r0.released, 0) == 1
+    assert store.get(r0.lost).count(b"host-b") == 1
+    assert ring.target == 2  # now watching c, which beats
+    for _ in range(5):
+        assert not beat()
+    assert store.add(keys.hb("a"), 0) >= 7  # every tick beat for us too
+
+
+def test_waiting_nodes_and_a_closed_job_are_seen_in_one_beat() -> None:
+    store, keys, state, w, ring, _ = setup()
+    store.add(keys.hb("b"), 1)
+    assert w.tick(store, ring) == (False, False)
+    store.add(keys.round(1).joined, 1)  # a node waits in round 1
+    assert w.tick(store, ring) == (True, False)
+    assert state.view().waiting == 1
+    store.compare_set(keys.closed, "", "h9 failed")
+    assert w.tick(store, ring) == (True, True)
+    assert state.view() == Membership(waiting=1, closed=True, reason="h9 failed")
+
+
+def test_what_a_beat_saw_of_a_replaced_round_is_dropped() -> None:
+    _, _, state, _, _, rv = setup()
+    assert state.update(rv, (), 2) and state.view().waiting == 2
+    state.new_round(Round(1, rv.nodes, rank=0))  # round 1 began while a beat of round 0 ran
+    assert state.view() == Membership()  # a new round starts with a clean view
+    assert not state.update(rv, ("host-b",), 3)
+    assert state.view() == Membership()

@@ -18,7 +18,7 @@ import pytest
 from elaunch.errors import RendezvousClosedError, StoreError
 from elaunch.rendezvous import EtcdOptions, Rendezvous, create_rendezvous
 from elaunch.rendezvous.dynamic import STORE_LOST
-from tests.helpers import wait_until
+from scripts.testbed import wait_until
 
 from ._support import FAST, Call, config, info, rdzv_threads, settings
 

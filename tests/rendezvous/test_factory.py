@@ -20,7 +20,7 @@ from elaunch.rendezvous.ports import free_port
 from elaunch.rendezvous.retry import Retry, retry_until
 from elaunch.rendezvous.static import StaticRendezvous
 from elaunch.rendezvous.store import MemoryStore
-from tests.helpers import wait_until
+from scripts.testbed import wait_until
 
 from ._support import Call, config, info, nodes, rdzv_threads, settings, shutdown_all
 

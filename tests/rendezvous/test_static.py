@@ -13,7 +13,7 @@ from elaunch.errors import RendezvousError
 from elaunch.rendezvous import create_rendezvous
 from elaunch.rendezvous.static import StaticRendezvous
 from elaunch.rendezvous.store import MemoryStore
-from tests.helpers import wait_until
+from scripts.testbed import wait_until
 
 from ._support import Call, config, info, settings
 

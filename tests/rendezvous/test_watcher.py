@@ -10,7 +10,7 @@ from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.rounds import NodeRecord, Round
 from elaunch.rendezvous.store import MemoryStore
 from elaunch.rendezvous.watcher import ControlConnection, MembershipState, RingWatch, Watcher
-from tests.helpers import wait_until
+from scripts.testbed import wait_until
 
 from ._support import info
 
@@ -42,7 +42,7 @@ def test_a_stuck_neighbour_is_released_reported_and_skipped() -> None:
 
     assert not beat()
     assert ring.target == 1
-    wait_until(beat, 5, "b to be found lost")
+    wait_until(beat, 5, "b to be found lost", interval=0.02, max_interval=0.1)
     assert state.view() == Membership(lost=("host-b",))
     r0 = keys.round(0)
     assert store.get(r0.rel(1)) == b"lost:a"  # its slot was released, by us

@@ -9,6 +9,7 @@ through pidfds and output through the same selector: `wait` blocks until somethi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from elaunch.errors import WorkerStartError
@@ -25,24 +26,17 @@ from elaunch.events import Bus, WorkerOutput, WorkerProgress
 from elaunch.logs import LineBuffer
 from elaunch.reaper import Reaper
 from elaunch.signals import SignalTrap, kill_group
+from elaunch.spec import WorkerPlan
+from elaunch.tails import Explanation, OutputTail
 
 F_SETPIPE_SZ = 1031
 PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
-class WorkerPlan:
-    """How to start one worker: its ranks, argv and complete environment."""
-
-    local_rank: int
-    global_rank: int
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-
-
-@dataclass(frozen=True)
 class Exit:
-    """A worker's end: `exitcode` when it exited, `signal` when a signal killed it."""
+    """A worker's end: `exitcode` when it exited, `signal` when a signal killed it; `ts` is wall-clock
+    seconds (ordered: a later exit never has an earlier ts). `why` is read here, at the edge."""
 
     local_rank: int
     global_rank: int
@@ -50,6 +44,7 @@ class Exit:
     exitcode: int | None
     signal: int | None
     ts: float
+    why: Explanation = field(default_factory=Explanation)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +67,7 @@ class _Proc:
     pidfd: int | None
     fds: dict[int, int]
     bufs: dict[int, LineBuffer]
+    tail: OutputTail = field(default_factory=OutputTail)
     exit: Exit | None = None
 
 
@@ -241,6 +237,7 @@ class LocalProcesses:
         lines, progress = proc.bufs[stream].feed(data)
         gr = proc.plan.global_rank
         if lines:
+            proc.tail.feed(stream, lines)
             self._bus.publish(WorkerOutput(local_rank=local_rank, global_rank=gr, stream=stream, data=lines))
         if progress is not None:
             self._bus.publish(WorkerProgress(local_rank=local_rank, global_rank=gr, stream=stream, text=progress))
@@ -252,6 +249,7 @@ class LocalProcesses:
             self._sel.unregister(fd)
         rest = proc.bufs[stream].flush()
         if rest:
+            proc.tail.feed(stream, rest)
             self._bus.publish(
                 WorkerOutput(
                     local_rank=proc.plan.local_rank, global_rank=proc.plan.global_rank, stream=stream, data=rest
@@ -291,6 +289,7 @@ class LocalProcesses:
             exitcode=rc if rc >= 0 else None,
             signal=-rc if rc < 0 else None,
             ts=ts,
+            why=proc.tail.explain(proc.plan.error_file),
         )
         proc.exit = ex
         result.exits.append(ex)
@@ -331,6 +330,9 @@ class LocalProcesses:
         for proc in self._procs.values():
             for stream in list(proc.fds):
                 self._close_stream(proc, stream)
+        # What was read since those workers were reaped belongs to their explanation too.
+        exits = [self._explained(ex) for ex in result.exits]
+        for proc in self._procs.values():
             if proc.pidfd is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self._sel.unregister(proc.pidfd)
@@ -339,7 +341,11 @@ class LocalProcesses:
                 self._reaper.unwatch(proc.popen.pid)
         self._bus.flush()
         self._procs.clear()
-        return result.exits
+        return exits
+
+    def _explained(self, ex: Exit) -> Exit:
+        proc = self._procs[ex.local_rank]
+        return dataclasses.replace(ex, why=proc.tail.explain(proc.plan.error_file))
 
     def close(self) -> None:
         self.release()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 BackendName = Literal["local", "static", "c10d", "etcd", "etcd-v2"]
 """`local` is the one-node rendezvous (`--standalone`, or any backend with `--nnodes 1`)."""
@@ -159,6 +159,11 @@ class Rendezvous(Protocol):
 
     @property
     def max_nodes(self) -> int: ...
+
+    @property
+    def store(self) -> Any:
+        """The backend's key-value store (torch's `WorkerGroup.store`), or None when it has none."""
+        ...
 
     def next_rendezvous(self, me: NodeInfo) -> RendezvousInfo:
         """Join the next round and block until it is complete."""

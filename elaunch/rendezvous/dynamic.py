@@ -285,6 +285,12 @@ class DynamicRendezvous:
 
     def next_rendezvous(self, me: NodeInfo) -> RendezvousInfo:
         """Join the next round and block until it is complete (or raise within join_timeout)."""
+        if me.master_port == 0:  # TEMPORARY (rdzv branch): a free port of this node for MASTER_PORT
+            from dataclasses import replace
+
+            from elaunch.rendezvous.local import free_port
+
+            me = replace(me, master_port=free_port())
         with self._main_lock:
             st = self._store
             deadline = time.monotonic() + self._s.join_timeout

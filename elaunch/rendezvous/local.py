@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable
 
@@ -29,6 +30,11 @@ class LocalRendezvous:
         return self._run_id
 
     @property
+    def store(self) -> None:
+        """No store: one node needs none."""
+        return None
+
+    @property
     def min_nodes(self) -> int:
         return 1
 
@@ -40,7 +46,7 @@ class LocalRendezvous:
         if self._closed is not None:
             raise RendezvousClosedError(self._closed)
         self._round += 1
-        port = self._master_port or me.master_port
+        port = self._master_port or me.master_port or free_port()
         return RendezvousInfo(
             run_id=self._run_id,
             round=self._round,
@@ -70,3 +76,10 @@ class LocalRendezvous:
 
     def shutdown(self) -> None:
         """Holds no resources."""
+
+
+def free_port(host: str = "") -> int:
+    """TEMPORARY: a port that is free now (the usual bind-to-0 race applies, as in torchrun)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

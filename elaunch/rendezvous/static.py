@@ -69,6 +69,10 @@ class StaticRendezvous:
         return self._dyn.max_nodes
 
     @property
+    def store(self) -> Store:
+        return self._dyn.store
+
+    @property
     def node_rank(self) -> int:
         return self._rank
 

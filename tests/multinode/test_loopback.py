@@ -72,7 +72,7 @@ def agents(tmp_path: Path) -> Iterator[Agents]:
 
 
 def free_port() -> int:
-    from elaunch.agent import free_port as _free
+    from elaunch.rendezvous.local import free_port as _free
 
     return _free("127.0.0.1")
 

@@ -12,18 +12,18 @@ from typing import Any, TextIO
 
 from elaunch import config as cfg
 from elaunch.agent import Agent, SignalPolicy, host_name
-from elaunch.config import LaunchConfig
-from elaunch.console import ConsoleOptions, Formatter, PlainConsole
+from elaunch.config import LaunchConfig, OutputConfig
 from elaunch.devices import device_counts
 from elaunch.errors import ConfigError, ElaunchError, NotSupportedError
 from elaunch.events import Bus, Message, RunFinished, Sink
-from elaunch.logfiles import LogFiles
 from elaunch.ranks import assign_ranks, worker_argv, worker_env
 from elaunch.reaper import Reaper
 from elaunch.rendezvous.api import NodeInfo, Rendezvous, RendezvousInfo
 from elaunch.rendezvous.local import LocalRendezvous
 from elaunch.rundir import RunDir
+from elaunch.runview import RunTracker
 from elaunch.signals import SignalTrap
+from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerSpec, WorkerState
 from elaunch.tails import OutputTails
 from elaunch.workers import LocalProcesses
@@ -271,10 +271,19 @@ def make_spec(config: LaunchConfig, rdzv: Rendezvous, env: Mapping[str, str]) ->
     )
 
 
-def _use_color(stream: TextIO, env: Mapping[str, str]) -> bool:
-    if env.get("NO_COLOR") or env.get("TERM") == "dumb":
-        return False
-    return bool(getattr(stream, "isatty", lambda: False)())
+def _output(config: LaunchConfig) -> OutputConfig:
+    return OutputConfig(
+        log_dir=config.log_dir,
+        redirects=config.redirects,
+        tee=config.tee,
+        duplicate_filters=config.duplicate_filters,
+        local_ranks_filter=config.local_ranks_filter,
+        ranks_filter=config.ranks_filter,
+        log_line_prefix=config.log_line_prefix,
+        live=config.live,
+        summary_file=config.summary_file,
+        events_file=config.events_file,
+    )
 
 
 def launch(
@@ -299,8 +308,21 @@ def launch(
     procs: LocalProcesses | None = None
     rdzv: Rendezvous | None = None
     host = host_name(config.local_addr)
+    output = _output(config)
+    tracker = RunTracker()  # first: every sink reads the view it keeps
+    bus.subscribe(tracker)
     try:
-        for s in _sinks(config, env, host, out, err, terminal=stdout is None):
+        for s in build_sinks(
+            output,
+            host=host,
+            role=config.role,
+            multi_node=not config.single_node,
+            out=out,
+            err=err,
+            terminal=stdout is None,
+            env=env,
+            views=tracker,
+        ):
             bus.subscribe(s)
         for s in sinks:
             bus.subscribe(s)
@@ -329,8 +351,9 @@ def launch(
             if config.duplicate_filters.get(stream) and not teed:
                 text = f"--duplicate-{name}-filters applies to teed streams (-t), and no {name} is teed: nothing duplicated"
                 bus.publish(Message(level="warning", text=text))
-        if files:
-            bus.subscribe(LogFiles(run_dir, config.redirects, config.tee, config.duplicate_filters))
+        log_files = build_log_files(output, run_dir, tracker)
+        if log_files is not None:
+            bus.subscribe(log_files)
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
         agent = Agent(
             make_spec(config, rdzv, env),
@@ -357,50 +380,6 @@ def launch(
             run_dir.cleanup()
         trap.close()
         reaper.close()
-
-
-def _live_wanted(config: LaunchConfig, env: Mapping[str, str]) -> bool:
-    if config.live is False or env.get("NO_COLOR") or env.get("TERM") == "dumb":
-        return False
-    return sys.stdout.isatty()
-
-
-def _sinks(config: LaunchConfig, env: Mapping[str, str], host: str, out: Any, err: Any, terminal: bool) -> list[Sink]:
-    """Console (live on a terminal, plain otherwise) and the machine-readable records."""
-    live = terminal and _live_wanted(config, env)
-    fmt = Formatter(
-        ConsoleOptions(
-            prefix_template=config.log_line_prefix,
-            multi_node=not config.single_node,
-            color=terminal and config.live is not False and _use_color(sys.stdout, env),  # --no-live: plain
-            local_ranks_filter=config.local_ranks_filter,
-            ranks_filter=config.ranks_filter,
-            redirects=config.redirects,
-            tee=config.tee,
-        ),
-        host=host,
-        role=config.role,
-    )
-    plain = PlainConsole(out, err, fmt)
-    sinks: list[Sink] = []
-    if live:
-        from elaunch.liveview import LiveConsole
-
-        sinks.append(LiveConsole(plain, stderr_is_tty=sys.stderr.isatty()))
-    else:
-        sinks.append(plain)
-    if config.events_file:
-        from elaunch.records import EventsFile
-
-        try:
-            sinks.append(EventsFile(config.events_file))
-        except OSError as e:
-            raise ConfigError(f"--events-file {config.events_file}: {e.strerror or e}") from None
-    if config.summary_file:
-        from elaunch.records import SummaryFile
-
-        sinks.append(SummaryFile(config.summary_file, err))
-    return sinks
 
 
 def plan_env(

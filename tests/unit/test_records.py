@@ -7,6 +7,7 @@ from pathlib import Path
 
 from elaunch import events as ev
 from elaunch.records import SummaryFile
+from elaunch.runview import RunTracker
 from elaunch.spec import RunResult, WorkerState
 
 
@@ -35,10 +36,11 @@ def _attempt(pid: int) -> list[ev.Event]:
 def test_membership_restart_keeps_every_attempt(tmp_path: Path) -> None:
     # A node joined: the group restarted without using up a restart (restart count stays 0).
     path = tmp_path / "summary.json"
-    s = SummaryFile(str(path))
+    tracker = RunTracker()
+    bus = ev.Bus([tracker, SummaryFile(str(path), tracker)])
     for e in [_round(0), *_attempt(101), _round(1), *_attempt(102)]:
-        s.handle(e)
-    s.handle(ev.RunFinished(result=RunResult(state=WorkerState.SUCCEEDED)))
+        bus.publish(e)
+    bus.publish(ev.RunFinished(result=RunResult(state=WorkerState.SUCCEEDED)))
     workers = json.loads(path.read_text())["workers"]
     assert [(w["attempt"], w["pid"], w["state"]) for w in workers] == [(0, 101, "STOPPED"), (1, 102, "STOPPED")]
 
@@ -54,7 +56,8 @@ def test_unwritable_summary_is_reported_not_raised(tmp_path: Path) -> None:
         def flush(self) -> None:
             pass
 
-    s = SummaryFile(str(tmp_path / "gone" / "summary.json"), Err())  # type: ignore[arg-type]
-    s.handle(ev.RunFinished(result=RunResult(state=WorkerState.FAILED)))
+    tracker = RunTracker()
+    bus = ev.Bus([tracker, SummaryFile(str(tmp_path / "gone" / "summary.json"), tracker, Err())])  # type: ignore[arg-type]
+    bus.publish(ev.RunFinished(result=RunResult(state=WorkerState.FAILED)))
     assert Err.data.startswith(b"elaunch: error: cannot write --summary-file ")
     assert not list(tmp_path.rglob("summary.json*"))

@@ -157,9 +157,13 @@ class PlainConsole:
     def _write(self, f: BinaryIO, data: bytes) -> None:
         if id(f) in self._dead:
             return
+        last = self._last
+        if last is not None and last is not f and id(last) not in self._dead:
+            try:  # keep the order of lines across the two streams
+                last.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self._dead.add(id(last))  # that stream is gone, not this one
         try:
-            if self._last is not None and self._last is not f:
-                self._last.flush()
             self._last = f
             f.write(data)
             self._dirty = True

@@ -25,11 +25,11 @@ def test_a_failed_attempt_and_its_restart() -> None:
     v = fold(until(history, ev.GroupStateChanged, 3))  # rank 1 failed, rank 0 stopped, group back to INIT
     assert (v.attempt, v.restart_count, v.restarts_left, v.group_state) == (0, 1, 0, S.INIT)
     assert v.worker(1) == WorkerRow(local_rank=1, global_rank=1, role_rank=1, pid=101, attempt=0, restart=0,
-                                    state=S.FAILED, started=T0 + 0.11, ended=T0 + 1.0, last_output=T0 + 0.7,
+                                    state=S.FAILED, started=T0 + 0.625, ended=T0 + 1.5, last_output=T0 + 1.25,
                                     exitcode=1)  # fmt: skip
     stopped = v.worker(0)
     assert stopped is not None
-    assert (stopped.state, stopped.signal, stopped.stopped_by_agent, stopped.ended) == (S.STOPPED, 15, True, T0 + 1.1)
+    assert (stopped.state, stopped.signal, stopped.stopped_by_agent, stopped.ended) == (S.STOPPED, 15, True, T0 + 1.875)
 
     v = fold(history)
     assert v.run is not None and (v.run.run_id, v.run.host, v.run.role, v.run.started_at) == ("r1", "vm", "trainer", T0)
@@ -41,17 +41,17 @@ def test_a_failed_attempt_and_its_restart() -> None:
     ]  # fmt: skip
     assert [w.restart for w in v.workers] == [1, 1]
     assert [r.round for r in v.rounds] == [0, 1]
-    assert v.finished is not None and v.finished.result.state == S.SUCCEEDED and v.finished.ts == T0 + 3.5
+    assert v.finished is not None and v.finished.result.state == S.SUCCEEDED and v.finished.ts == T0 + 3.75
 
 
 def test_progress_is_pending_until_the_next_line() -> None:
     history = fail_then_succeed()
     v = fold(until(history, ev.WorkerProgress))
     row = v.worker(0)
-    assert row is not None and (row.progress, row.last_output) == ("40%|####  |", T0 + 0.6)
-    v = advance(v, ev.WorkerOutput(ts=T0 + 0.65, local_rank=0, global_rank=0, stream=2, data=b"100%\n"))
+    assert row is not None and (row.progress, row.last_output) == ("40%|####  |", T0 + 1.125)
+    v = advance(v, ev.WorkerOutput(ts=T0 + 1.1875, local_rank=0, global_rank=0, stream=2, data=b"100%\n"))
     row = v.worker(0)
-    assert row is not None and (row.progress, row.last_output) == ("", T0 + 0.65)
+    assert row is not None and (row.progress, row.last_output) == ("", T0 + 1.1875)
 
 
 def test_advance_never_changes_the_view_it_is_given() -> None:

@@ -23,19 +23,6 @@ from elaunch.runview import RunView, ViewSource
 from elaunch.signals import signal_name
 from elaunch.spec import RunResult, WorkerState
 
-__all__ = [
-    "COLORS",
-    "ConsoleOptions",
-    "PlainConsole",
-    "Prefixes",
-    "clock_text",
-    "describe",
-    "rank_ranges",
-    "report",
-    "shown",
-    "worker_prefix",
-]
-
 PROGRESS_INTERVAL = 10.0
 """Plain mode shows a progress bar's state at most this often per worker."""
 

@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 
 from elaunch import events as ev
 from elaunch.errors import RendezvousClosedError, RendezvousError, WorkerStartError
+from elaunch.failures import cause_text, failure_summary
 from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, worker_exit_state
 from elaunch.ranks import worker_plans
 from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous
@@ -450,20 +451,6 @@ class Agent:
         if "error" in box:
             raise box["error"]  # type: ignore[misc]
         return box["value"]  # type: ignore[return-value]
-
-
-def cause_text(f: WorkerFailure) -> str:
-    """`rank 3 (pid 123) exited with code 1` / `... was killed by SIGKILL`."""
-    if f.signal is not None:
-        return f"rank {f.global_rank} (pid {f.pid}) was killed by {f.signal_name}"
-    return f"rank {f.global_rank} (pid {f.pid}) exited with code {f.exitcode}"
-
-
-def failure_summary(f: WorkerFailure) -> str:
-    """A short text for other nodes' reports: host, rank, code or signal, and the traceback."""
-    head = f"{f.host}: {cause_text(f)}"
-    body = f.traceback or "\n".join(f.last_lines[-5:])
-    return f"{head}\n{body}" if body else head
 
 
 def host_name(local_addr: str | None) -> str:

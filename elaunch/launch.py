@@ -14,17 +14,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from elaunch.agent import Agent, host_name
-from elaunch.config import LaunchConfig, OutputConfig
-from elaunch.console import ConsoleOptions, Formatter, PlainConsole
-from elaunch.errors import ConfigError, ElaunchError
+from elaunch.config import LaunchConfig
+from elaunch.errors import ElaunchError
 from elaunch.events import Bus, Message, RunFinished, Sink
-from elaunch.logfiles import LogFiles
 from elaunch.options import build_config
 from elaunch.policy import SignalPolicy
 from elaunch.reaper import Reaper
 from elaunch.rendezvous import create_rendezvous
 from elaunch.rundir import RunDir
+from elaunch.runview import RunTracker
 from elaunch.signals import SignalTrap
+from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
 from elaunch.workers import LocalProcesses
 
@@ -60,8 +60,21 @@ def launch(
         trap.install(config.signals_to_handle)
         bus = Bus()
         stack.callback(bus.close)
-        for s in (*_sinks(config.output, env, host, out, err, multi_node=not config.single_node,
-                          role=config.role, terminal=stdout is None), *sinks):  # fmt: skip
+        tracker = RunTracker()  # first: every sink reads the view it keeps
+        bus.subscribe(tracker)
+        for s in build_sinks(
+            config.output,
+            host=host,
+            role=config.role,
+            multi_node=not config.single_node,
+            out=out,
+            err=err,
+            terminal=stdout is None,
+            env=env,
+            views=tracker,
+        ):
+            bus.subscribe(s)
+        for s in sinks:
             bus.subscribe(s)
         for text in config.warnings:
             bus.publish(Message(level="warning", text=text))
@@ -79,10 +92,11 @@ def launch(
             result = RunResult(state=WorkerState.FAILED, message=e.message)
             bus.publish(RunFinished(result=result))
             return result
-        if output.files:
+        log_files = build_log_files(output, run_dir, tracker)
+        if log_files is not None:
             if output.log_dir is None:
                 bus.publish(Message(level="info", text=f"-r/-t: worker output files are kept in {run_dir.path}"))
-            bus.subscribe(LogFiles(run_dir, output.redirects, output.tee, output.duplicate_filters))
+            bus.subscribe(log_files)
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
         stack.callback(procs.close)
         agent = Agent(
@@ -97,66 +111,6 @@ def launch(
         )
         return agent.run()
     raise AssertionError("unreachable")  # pragma: no cover (ExitStack does not swallow exceptions)
-
-
-def _use_color(stream: TextIO, env: Mapping[str, str]) -> bool:
-    if env.get("NO_COLOR") or env.get("TERM") == "dumb":
-        return False
-    return bool(getattr(stream, "isatty", lambda: False)())
-
-
-def _live_wanted(output: OutputConfig, env: Mapping[str, str]) -> bool:
-    if output.live is False or env.get("NO_COLOR") or env.get("TERM") == "dumb":
-        return False
-    return sys.stdout.isatty()
-
-
-def _sinks(
-    output: OutputConfig,
-    env: Mapping[str, str],
-    host: str,
-    out: Any,
-    err: Any,
-    *,
-    multi_node: bool,
-    role: str,
-    terminal: bool,
-) -> list[Sink]:
-    """Console (live on a terminal, plain otherwise) and the machine-readable records."""
-    live = terminal and _live_wanted(output, env)
-    fmt = Formatter(
-        ConsoleOptions(
-            prefix_template=output.log_line_prefix,
-            multi_node=multi_node,
-            color=terminal and output.live is not False and _use_color(sys.stdout, env),  # --no-live: plain
-            local_ranks_filter=output.local_ranks_filter,
-            ranks_filter=output.ranks_filter,
-            redirects=output.redirects,
-            tee=output.tee,
-        ),
-        host=host,
-        role=role,
-    )
-    plain = PlainConsole(out, err, fmt)
-    sinks: list[Sink] = []
-    if live:
-        from elaunch.liveview import LiveConsole
-
-        sinks.append(LiveConsole(plain, stderr_is_tty=sys.stderr.isatty()))
-    else:
-        sinks.append(plain)
-    if output.events_file:
-        from elaunch.records import EventsFile
-
-        try:
-            sinks.append(EventsFile(output.events_file))
-        except OSError as e:
-            raise ConfigError(f"--events-file {output.events_file}: {e.strerror or e}") from None
-    if output.summary_file:
-        from elaunch.records import SummaryFile
-
-        sinks.append(SummaryFile(output.summary_file, err))
-    return sinks
 
 
 def print_plan(config: LaunchConfig, out: TextIO, env: Mapping[str, str] | None = None) -> None:

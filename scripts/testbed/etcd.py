@@ -12,17 +12,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.request
 from typing import Any, Self
 
-from . import Managed, TestbedError, WaitTimeout, wait_until
+from . import Managed, TestbedError, WaitTimeout, free_port, wait_until
 from .netns import Cluster
 from .procs import alive, kill_pids, pids_mentioning, stop_popen
 
-__all__ = ["EtcdServer", "available", "cleanup_stale", "free_port"]
+__all__ = ["EtcdServer", "available", "cleanup_stale"]
 
 TMP_PREFIX = "elt-etcd-"
 
@@ -33,13 +32,6 @@ def available() -> tuple[bool, str]:
     if shutil.which("etcd") is None:
         return False, "'etcd' not found (run scripts/testbed/install.sh: etcd-server)"
     return True, "ok"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the caller must cope with a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class EtcdServer(Managed):
@@ -142,6 +134,7 @@ class EtcdServer(Managed):
                 self._healthy,
                 self.start_timeout,
                 f"etcd on {self.client_url} to be healthy",
+                max_interval=0.5,
             )
         except WaitTimeout as exc:
             raise TestbedError(f"{exc}; log tail:\n{self.log_tail()}") from exc

@@ -18,8 +18,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Self
 
-from . import Managed, TestbedError, WaitTimeout, wait_until
-from .etcd import free_port
+from . import Managed, TestbedError, WaitTimeout, free_port, wait_until
 from .netns import Cluster
 from .procs import alive, descendants, kill_pids, pids_mentioning, stop_popen
 
@@ -268,7 +267,7 @@ class SlurmCluster(Managed):
             return bool(cond())
 
         try:
-            wait_until(check, self.start_timeout, what)
+            wait_until(check, self.start_timeout, what, max_interval=0.5)
         except (WaitTimeout, TestbedError) as exc:
             logs = "\n".join(
                 f"--- {os.path.basename(p)}\n{self.log_tail(os.path.basename(p))}"
@@ -343,7 +342,7 @@ class SlurmCluster(Managed):
             return state if state in TERMINAL_STATES else None
 
         try:
-            return wait_until(done, timeout, f"SLURM job {job_id} to finish")
+            return wait_until(done, timeout, f"SLURM job {job_id} to finish", max_interval=0.5)
         except WaitTimeout as exc:
             raise WaitTimeout(f"{exc}; state now {self.job_state(job_id)}") from exc
 
@@ -387,7 +386,7 @@ class SlurmCluster(Managed):
                 ids = self.jobs()
                 if ids:
                     self.command(["scancel", *map(str, ids)], timeout=10, check=False)
-                    wait_until(lambda: not self.jobs(), 10.0, "cancelled jobs to end")
+                    wait_until(lambda: not self.jobs(), 10.0, "cancelled jobs to end", max_interval=0.5)
             except TestbedError:
                 pass  # killed below anyway
         steps = self._stepd_trees()

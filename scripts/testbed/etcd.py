@@ -7,10 +7,8 @@ PID (``elt-etcd-<pid>-*``) so a killed run's leftovers can be found and removed.
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +17,7 @@ from typing import Any, Self
 
 from . import Managed, TestbedError, WaitTimeout, free_port, wait_until
 from .netns import Cluster
-from .procs import alive, kill_pids, pids_mentioning, stop_popen
+from .procs import remove_orphaned_dirs, stop_popen
 
 __all__ = ["EtcdServer", "available", "cleanup_stale"]
 
@@ -176,12 +174,4 @@ class EtcdServer(Managed):
 
 def cleanup_stale() -> list[str]:
     """Kill etcds and remove temp dirs left by dead test processes; return the dirs removed."""
-    removed: list[str] = []
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{TMP_PREFIX}*")):
-        m = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", os.path.basename(path))
-        if m is None or alive(int(m.group(1))):
-            continue
-        kill_pids(pids_mentioning(path + os.sep), timeout=5.0)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    return remove_orphaned_dirs(TMP_PREFIX)

@@ -7,9 +7,13 @@ parent reaps it).
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable
 
@@ -22,6 +26,7 @@ __all__ = [
     "kill_pids",
     "kill_tree",
     "pids_mentioning",
+    "remove_orphaned_dirs",
     "stop_popen",
 ]
 
@@ -118,3 +123,19 @@ def pids_mentioning(text: str) -> list[int]:
         if any(text in word for word in p.info["cmdline"] or ()):
             found.append(p.pid)
     return found
+
+
+def remove_orphaned_dirs(prefix: str) -> list[str]:
+    """Temp dirs ``<prefix><owner pid>-*`` whose owner died: kill what runs from them, remove them.
+
+    Returns the dirs removed. The processes killed are those whose argv names the dir.
+    """
+    removed: list[str] = []
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{glob.escape(prefix)}*")):
+        m = re.match(rf"{re.escape(prefix)}(\d+)-", os.path.basename(path))
+        if m is None or alive(int(m.group(1))):
+            continue
+        kill_pids(pids_mentioning(path + os.sep), timeout=5.0)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

@@ -20,7 +20,7 @@ from typing import IO, Any, Self
 
 from . import Managed, TestbedError, WaitTimeout, free_port, wait_until
 from .netns import Cluster
-from .procs import alive, descendants, kill_pids, pids_mentioning, stop_popen
+from .procs import descendants, kill_pids, pids_mentioning, remove_orphaned_dirs, stop_popen
 
 __all__ = ["TERMINAL_STATES", "SlurmCluster", "available", "cleanup_stale"]
 
@@ -410,13 +410,5 @@ class SlurmCluster(Managed):
 
 
 def cleanup_stale() -> list[str]:
-    """Kill daemons and remove temp dirs of SLURM clusters whose test process died."""
-    removed: list[str] = []
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{TMP_PREFIX}*")):
-        m = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", os.path.basename(path))
-        if m is None or alive(int(m.group(1))):
-            continue
-        kill_pids(pids_mentioning(path + os.sep), timeout=5.0)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    """Kill daemons and remove temp dirs of SLURM clusters whose test process died; return the dirs removed."""
+    return remove_orphaned_dirs(TMP_PREFIX)

@@ -17,7 +17,7 @@ from scripts.testbed import TestbedError, WaitTimeout, free_port, wait_until
 from scripts.testbed import netns as tb_netns
 from scripts.testbed.etcd import EtcdServer
 from scripts.testbed.netns import Cluster
-from scripts.testbed.procs import alive, cmdline, descendants, kill_tree, pids_mentioning
+from scripts.testbed.procs import alive, cmdline, descendants, kill_tree, pids_mentioning, remove_orphaned_dirs
 from scripts.testbed.slurm import SlurmCluster
 
 PY = sys.executable
@@ -272,3 +272,22 @@ def test_kill_tree_kills_children_and_grandchildren(tmp_path: Path, no_leftovers
     root.wait(timeout=5)
     assert not any(alive(p) for p in kids)
     assert pids_mentioning(marker) == []
+
+
+@pytest.mark.timeout(20)
+def test_remove_orphaned_dirs_kills_what_runs_from_them(no_leftovers: set[int]) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=5)
+    prefix = f"elt-test-{os.getpid()}-"
+    mine = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")  # owner alive: kept
+    orphan = tempfile.mkdtemp(prefix=f"{prefix}{dead.pid}-")  # owner dead: removed
+    sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(300)", os.path.join(orphan, "x")])
+    no_leftovers.add(sleeper.pid)
+    try:
+        assert remove_orphaned_dirs(prefix) == [orphan]
+        assert sleeper.wait(timeout=5) == -9
+        assert not os.path.exists(orphan) and os.path.isdir(mine)
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=5)
+        os.rmdir(mine)

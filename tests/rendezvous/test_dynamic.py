@@ -12,7 +12,7 @@ from elaunch.errors import ConfigError, RendezvousClosedError, RendezvousError, 
 from elaunch.rendezvous.api import Membership, Rendezvous
 from elaunch.rendezvous.dynamic import DynamicRendezvous, NodeRecord, RendezvousSettings, order_nodes
 from elaunch.rendezvous.store import MemoryStore
-from tests.helpers import wait_until
+from scripts.testbed import wait_until
 
 from ._support import FAST, Call, info, nodes, rdzv_threads, shutdown_all
 

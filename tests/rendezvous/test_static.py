@@ -3,7 +3,6 @@ for the workers, every node's NodeInfo, clear errors for bad ranks, and the exit
 
 from __future__ import annotations
 
-import socket
 import threading
 from datetime import timedelta
 
@@ -12,21 +11,15 @@ import pytest
 from elaunch.errors import ConfigError, RendezvousError
 from elaunch.rendezvous.static import StaticRendezvous, create_static_rendezvous
 from elaunch.rendezvous.store import MemoryStore
-from tests.helpers import wait_until
+from scripts.testbed import free_port, wait_until
 
 from ._support import FAST, Call, info
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.timeout(60)
 def test_static_over_tcp_keeps_ranks_and_points_workers_at_the_agent_store() -> None:
     torch_dist = pytest.importorskip("torch.distributed")
-    port = _free_port()
+    port = free_port()
     node0 = create_static_rendezvous("127.0.0.1", port, "job", 3, 0, FAST)  # node 0 hosts at MASTER_PORT
     others = [create_static_rendezvous("127.0.0.1", port, "job", 3, r, FAST) for r in (2, 1)]
     everyone = [node0, *others]

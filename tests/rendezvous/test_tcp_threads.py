@@ -10,7 +10,7 @@ import pytest
 
 from elaunch.rendezvous.dynamic import STORE_LOST, DynamicRendezvous
 from elaunch.rendezvous.store import connect_store
-from tests.helpers import wait_until
+from scripts.testbed import wait_until
 
 from ._support import FAST, Call, FreezableProxy, info
 

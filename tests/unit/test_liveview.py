@@ -13,7 +13,7 @@ from elaunch import events as ev
 from elaunch.console import ConsoleOptions, PlainConsole
 from elaunch.liveview import LiveConsole, ProcessUsage, job_text, status, status_rows
 from elaunch.runview import RunTracker, fold
-from tests.helpers import wait_until
+from scripts.testbed import wait_until
 from tests.unit.history import T0, attempt, fail_then_succeed, run_started, until
 
 pytestmark = pytest.mark.timeout(20)

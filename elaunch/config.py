@@ -6,12 +6,13 @@ import math
 import re
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Literal
 
 from elaunch.errors import ConfigError
 from elaunch.rendezvous.api import Endpoint, EtcdOptions, RendezvousConfig, RendezvousSettings
 from elaunch.spec import WorkerSpec
+from elaunch.values import Value, value
 
 RDZV_BACKENDS: tuple[str, ...] = ("static", "c10d", "etcd", "etcd-v2")
 ETCD_BACKENDS: tuple[str, ...] = ("etcd", "etcd-v2")
@@ -47,8 +48,8 @@ EntryKind = Literal["python", "module", "run_path", "program"]
 DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 
 
-@dataclass(frozen=True)
-class StdSpec:
+@value
+class StdSpec(Value):
     """Which of stdout (1) and stderr (2) go to files, per local rank; `default` for the others."""
 
     default: int = 0
@@ -67,8 +68,8 @@ class StdSpec:
         return bool(self.default & stream or any(v & stream for v in self.per_rank.values()))
 
 
-@dataclass(frozen=True)
-class OutputConfig:
+@value
+class OutputConfig(Value):
     """Where the workers' output and the run's records go (torchrun's log options and elaunch's own)."""
 
     log_dir: str | None = None
@@ -92,8 +93,8 @@ class OutputConfig:
         return self.redirects.any or self.tee.any
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
+@value
+class LaunchConfig(Value):
     """Everything a launch needs, validated (see `elaunch.options.build_config`).
 
     Nested by concern: `rdzv` (where the nodes meet), `output` (where output goes), the rest is

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from string import Template
 from typing import BinaryIO
 
@@ -22,6 +22,7 @@ from elaunch.logs import prefix_lines
 from elaunch.runview import RunView, ViewSource
 from elaunch.signals import signal_name
 from elaunch.spec import RunResult, WorkerState
+from elaunch.values import Value, value
 
 PROGRESS_INTERVAL = 10.0
 """Plain mode shows a progress bar's state at most this often per worker."""
@@ -30,8 +31,8 @@ COLORS = (36, 33, 35, 32, 34, 91, 96, 93, 95, 92, 94, 31)
 """SGR foreground codes of rank prefixes: rank r gets COLORS[r % len(COLORS)]."""
 
 
-@dataclass(frozen=True)
-class ConsoleOptions:
+@value
+class ConsoleOptions(Value):
     """How the console shows worker lines: prefix, colour, filters, redirects (from OutputConfig)."""
 
     prefix_template: str | None = None

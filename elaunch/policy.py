@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from elaunch.rendezvous.api import Membership
 from elaunch.spec import WorkerFailure, WorkerState, root_cause
+from elaunch.values import Value, value
 
 
 class Action(str, enum.Enum):
@@ -37,8 +37,8 @@ class Action(str, enum.Enum):
     """A shutdown signal was caught: stop, close the job, return STOPPED (exit 128+N)."""
 
 
-@dataclass(frozen=True)
-class Decision:
+@value
+class Decision(Value):
     action: Action
     cause: WorkerFailure | None = None
     """RESTART/FAIL: the root cause of this generation's failure (None for UNHEALTHY without one)."""
@@ -93,8 +93,8 @@ def worker_exit_state(ok: bool, stopped_by_agent: bool) -> WorkerState:
     return WorkerState.STOPPED if stopped_by_agent else WorkerState.FAILED
 
 
-@dataclass(frozen=True)
-class SignalPolicy:
+@value
+class SignalPolicy(Value):
     """Which caught signals stop the job and which are only passed on to the workers."""
 
     shutdown: frozenset[int]

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from elaunch.config import substitute_local_rank
 from elaunch.rendezvous.api import RendezvousInfo
 from elaunch.spec import WorkerPlan, WorkerSpec
+from elaunch.values import Value, value
 
 FIXED_ARGV = 1
 """Leading items of the worker command that are not the user's (`${local_rank}` is not replaced there)."""
 
 
-@dataclass(frozen=True)
-class WorkerRanks:
+@value
+class WorkerRanks(Value):
     local_rank: int
     global_rank: int
     role_rank: int

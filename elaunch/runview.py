@@ -9,16 +9,17 @@ view, which already includes the event they are handling (subscribe the tracker 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
 
 from elaunch import events as ev
 from elaunch.rendezvous.api import Membership
 from elaunch.spec import RunResult, WorkerState
+from elaunch.values import Value, value
 
 
-@dataclass(frozen=True)
-class RunInfo:
+@value
+class RunInfo(Value):
     """What `RunStarted` said about the run; `started_at` is wall-clock seconds."""
 
     run_id: str
@@ -31,8 +32,8 @@ class RunInfo:
     started_at: float
 
 
-@dataclass(frozen=True)
-class RoundView:
+@value
+class RoundView(Value):
     """One completed rendezvous round as this node saw it; `duration` in seconds."""
 
     round: int
@@ -45,8 +46,8 @@ class RoundView:
     duration: float
 
 
-@dataclass(frozen=True)
-class WorkerRow:
+@value
+class WorkerRow(Value):
     """One worker of one attempt; timestamps are wall-clock seconds, None until they happen.
 
     `attempt` counts rendezvous rounds on this node (the `attempt_<k>` directory); `restart` is
@@ -70,8 +71,8 @@ class WorkerRow:
     stopped_by_agent: bool = False
 
 
-@dataclass(frozen=True)
-class Finished:
+@value
+class Finished(Value):
     """How the run ended (`RunFinished`); `ts` is wall-clock seconds."""
 
     result: RunResult
@@ -79,8 +80,8 @@ class Finished:
     ts: float
 
 
-@dataclass(frozen=True)
-class RunView:
+@value
+class RunView(Value):
     """Everything known about the run on this node, after some prefix of its events.
 
     `workers` are the current attempt's, ordered by local rank; `past_workers` those of earlier

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from elaunch.values import Value, value
+
 if TYPE_CHECKING:
     from elaunch.config import EntryKind
 
@@ -55,8 +57,8 @@ class WorkerState(str, enum.Enum):
         return self in (WorkerState.SUCCEEDED, WorkerState.FAILED, WorkerState.STOPPED)
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
+@value
+class WorkerSpec(Value):
     """What to run on this node: one per role; never mutated by the agent.
 
     `entrypoint` and `args` make the worker's command line (`${local_rank}` in `args` is
@@ -88,8 +90,8 @@ class WorkerSpec:
         return self.kind != "program"
 
 
-@dataclass(frozen=True)
-class WorkerPlan:
+@value
+class WorkerPlan(Value):
     """How to start one worker: its ranks, argv, complete environment and error file (pure data)."""
 
     local_rank: int
@@ -151,8 +153,8 @@ class WorkerGroup:
         return {w.global_rank: 0 for w in self.workers if w.state == WorkerState.SUCCEEDED}
 
 
-@dataclass(frozen=True)
-class WorkerFailure:
+@value
+class WorkerFailure(Value):
     """Why one worker ended badly; `timestamp` (wall clock, seconds) orders failures in time."""
 
     local_rank: int
@@ -186,8 +188,8 @@ class WorkerFailure:
         return self.exitcode if self.exitcode is not None else 1
 
 
-@dataclass(frozen=True)
-class RunResult:
+@value
+class RunResult(Value):
     """Outcome of a run; `failures` and `return_values` are keyed by global rank."""
 
     state: WorkerState

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from dataclasses import dataclass
+
+from elaunch.values import Value, value
 
 TAIL_LINES = 400
 LAST_LINES = 12
@@ -17,8 +18,8 @@ _RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
 group exists (distributed_c10d.py), so a DDP worker's traceback starts `[rank0]: Traceback ...`."""
 
 
-@dataclass(frozen=True)
-class Explanation:
+@value
+class Explanation(Value):
     """Why a worker ended as it did, in its own words: torch's error file first, else its output."""
 
     traceback: str | None = None

@@ -28,13 +28,14 @@ from elaunch.reaper import Reaper
 from elaunch.signals import SignalTrap, kill_group
 from elaunch.spec import WorkerPlan
 from elaunch.tails import Explanation, OutputTail
+from elaunch.values import Value, value
 
 F_SETPIPE_SZ = 1031
 PR_SET_PDEATHSIG = 1
 
 
-@dataclass(frozen=True)
-class Exit:
+@value
+class Exit(Value):
     """A worker's end: `exitcode` when it exited, `signal` when a signal killed it; `ts` is wall-clock
     seconds (ordered: a later exit never has an earlier ts). `why` is read here, at the edge."""
 

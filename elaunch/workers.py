@@ -14,7 +14,6 @@ import errno
 import fcntl
 import os
 import selectors
-import socket
 import subprocess
 import threading
 import time
@@ -25,7 +24,7 @@ from elaunch.errors import WorkerStartError
 from elaunch.events import Bus, WorkerOutput, WorkerProgress
 from elaunch.logs import LineBuffer
 from elaunch.reaper import Reaper
-from elaunch.signals import SignalTrap, kill_group
+from elaunch.signals import SelfPipe, SignalTrap, kill_group
 from elaunch.spec import WorkerPlan
 from elaunch.tails import Explanation, OutputTail
 from elaunch.values import Value, value
@@ -99,10 +98,8 @@ class LocalProcesses:
         self._trap = trap
         self._reaper = reaper
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake",))
+        self._wake = SelfPipe()
+        self._sel.register(self._wake.fileno(), selectors.EVENT_READ, ("wake",))
         if trap is not None:
             self._sel.register(trap.fileno(), selectors.EVENT_READ, ("signal",))
         self._procs: dict[int, _Proc] = {}
@@ -171,8 +168,7 @@ class LocalProcesses:
 
     def wake(self) -> None:
         """Make a blocked `wait` return; safe from any thread."""
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"x")
+        self._wake.poke()
 
     def wait(self, timeout: float | None) -> Wakeup:
         """Block until a worker exits, a signal is caught, `wake` is called, or `timeout` passes.
@@ -212,9 +208,7 @@ class LocalProcesses:
         elif kind == "exit":
             self._reap(tag[1], result)  # type: ignore[arg-type]
         elif kind == "wake":
-            with contextlib.suppress(BlockingIOError):
-                while self._wake_r.recv(4096):
-                    pass
+            self._wake.drain()
             result.woken = True
         elif kind == "signal" and self._trap is not None:
             result.signals.extend(self._trap.drain())
@@ -351,5 +345,4 @@ class LocalProcesses:
     def close(self) -> None:
         self.release()
         self._sel.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wake.close()

@@ -1,7 +1,8 @@
 """The elastic agent: one state machine driving a rendezvous, local processes and the bus.
 
-The loop (torch's `_invoke_run`, without sleeping): rendezvous, assign ranks, start; then block
-until something happens (a worker exits, a signal, a membership change) and decide:
+The loop (torch's `_invoke_run`, without sleeping): rendezvous, plan and start the workers; then
+block until something happens (a worker exits, a signal, a membership change), record it, ask
+`policy.decide` what to do and do it:
 
 * every worker exited 0 -> SUCCEEDED: wait for the other nodes (exit barrier) and return;
 * a worker failed -> restart the group if restarts remain (stop, rendezvous, start),
@@ -10,33 +11,34 @@ until something happens (a worker exits, a signal, a membership change) and deci
 * the job was closed by another node -> stop and return;
 * a shutdown signal -> forward it, wait `shutdown_timeout`, SIGKILL; a second one kills at once.
 
-The agent decides; `procs` (workers.py) acts. Output and state reach the user only as events.
+Decisions are pure (policy.py, ranks.py); acting is done by `procs` (workers.py) and the
+rendezvous; output and state reach the user only as events.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from elaunch import events as ev
 from elaunch.errors import RendezvousClosedError, RendezvousError, WorkerStartError
-from elaunch.ranks import assign_ranks, worker_argv, worker_env
-from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous, RendezvousInfo
-from elaunch.rundir import RunDir
+from elaunch.failures import cause_text, failure_summary
+from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, worker_exit_state
+from elaunch.ranks import worker_plans
+from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous
 from elaunch.signals import signal_name
-from elaunch.spec import RunResult, Worker, WorkerFailure, WorkerGroup, WorkerSpec, WorkerState
-from elaunch.tails import OutputTails, read_error_file
-from elaunch.workers import Exit, Wakeup, WorkerPlan
+from elaunch.spec import RunResult, Worker, WorkerFailure, WorkerGroup, WorkerPlan, WorkerSpec, WorkerState
+from elaunch.workers import Exit, Wakeup
 
 T = TypeVar("T")
 KILL_WAIT = 5.0
 """Bounded wait for SIGKILLed workers to be reaped."""
+
+__all__ = ["Agent", "ErrorFiles", "SignalPolicy", "WorkerProcesses", "cause_text", "failure_summary"]
 
 
 class WorkerProcesses(Protocol):
@@ -52,17 +54,13 @@ class WorkerProcesses(Protocol):
 
     def running(self) -> list[int]: ...
 
-    def exits(self) -> dict[int, Exit]: ...
-
     def release(self, timeout: float = KILL_WAIT) -> list[Exit]: ...
 
 
-@dataclass(frozen=True)
-class SignalPolicy:
-    """Which caught signals stop the job and which are only passed on to the workers."""
+class ErrorFiles(Protocol):
+    """Where each worker's TORCHELASTIC_ERROR_FILE goes (see rundir.RunDir)."""
 
-    shutdown: frozenset[int]
-    forward: frozenset[int]
+    def error_file(self, attempt: int, local_rank: int) -> str: ...
 
 
 class _Interrupted(Exception):
@@ -71,15 +69,11 @@ class _Interrupted(Exception):
         self.sig = sig
 
 
-def free_port(host: str = "") -> int:
-    """A port that is free now (the usual bind-to-0 race applies, as in torchrun)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 class Agent:
-    """Runs one WorkerSpec on this node until success, failure or shutdown."""
+    """Runs one WorkerSpec on this node until success, failure or shutdown.
+
+    `node_rank` is this node's preferred group rank (`--node-rank`), or None.
+    """
 
     def __init__(
         self,
@@ -89,12 +83,9 @@ class Agent:
         bus: ev.Bus,
         *,
         host: str,
-        run_dir: RunDir,
-        tails: OutputTails,
+        error_files: ErrorFiles,
         signals: SignalPolicy,
         node_rank: int | None = None,
-        python: bool = True,
-        n_fixed_argv: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
@@ -102,12 +93,9 @@ class Agent:
         self._procs = procs
         self._bus = bus
         self._host = host
-        self._run_dir = run_dir
-        self._tails = tails
+        self._error_files = error_files
         self._signals = signals
         self._node_rank = node_rank
-        self._python = python
-        self._n_fixed = n_fixed_argv
         self._clock = clock
         self._group = WorkerGroup(spec=spec, workers=[])
         self._restarts_left = spec.max_restarts
@@ -115,9 +103,6 @@ class Agent:
         self._attempt = -1
         self._shutdown_signals: list[int] = []
         self._stopping = False
-        self._states: dict[int, WorkerState] = {}
-        self._failures: dict[int, WorkerFailure] = {}
-        self._returns: dict[int, int] = {}
         self._last_membership = Membership()
         self._published: str | None = None
         rdzv.set_wakeup(procs.wake)
@@ -174,46 +159,59 @@ class Agent:
             woke = self._procs.wait(None)
             self._record_exits(woke.exits)
             self._handle_signals(woke.signals)
-            if self._shutdown_signals:
-                raise _Interrupted(self._shutdown_signals[0])
-            state = self._group_state()
-            if state == WorkerState.SUCCEEDED:
-                self._set_group_state(state)
-                self._procs.release()
-                self._exit_barrier()
-                return self._result(WorkerState.SUCCEEDED)
-            if state in (WorkerState.FAILED, WorkerState.UNHEALTHY):
-                self._set_group_state(state)
-                cause = self._first_failure()
-                reason = cause_text(cause) if cause else "workers unhealthy"
-                if self._restarts_left > 0:
-                    self._restarts_left -= 1
-                    self._publish_restart(reason, membership=False)
-                    self._restart_workers()
-                    continue
-                self._stop_workers(signal.SIGTERM)
-                if cause is not None:
-                    self._publish_failure(cause)
-                mine = f"{self._host} failed: {reason}; no restarts left"
-                note = self._close(mine)
-                closed = self._rdzv.membership()
-                if note is None and closed.closed and closed.reason and closed.reason != mine:
-                    note = f"the job was closed: {closed.reason}"  # another node gave up first: say why
-                return self._result(WorkerState.FAILED, message=note)
             m = self._rdzv.membership()
             if m != self._last_membership:
                 self._last_membership = m
                 self._bus.publish(
                     ev.MembershipChanged(waiting=m.waiting, lost=m.lost, closed=m.closed, reason=m.reason)
                 )
-            if m.closed:
-                self._stop_workers(signal.SIGTERM)
-                return self._result(WorkerState.FAILED, message=f"the job was closed: {m.reason or 'by another node'}")
-            if m.waiting > 0 or m.lost:
-                self._membership_restarts += 1
-                why = f"{m.waiting} node(s) waiting to join" if m.waiting else f"lost node(s): {', '.join(m.lost)}"
-                self._publish_restart(why, membership=True)
+            d = decide(
+                [w.state for w in self._group.workers],
+                self._group.failures.values(),
+                m,
+                self._restarts_left,
+                self._shutdown_signals,
+            )
+            if d.action == Action.WAIT:
+                continue
+            result = self._act(d)
+            if result is not None:
+                return result
+
+    def _act(self, d: Decision) -> RunResult | None:
+        """Carry out a decision; a RunResult ends the run."""
+        if d.action == Action.SHUTDOWN:
+            raise _Interrupted(d.signal or signal.SIGTERM)
+        if d.action == Action.SUCCEED:
+            self._set_group_state(WorkerState.SUCCEEDED)
+            self._procs.release()
+            self._exit_barrier()
+            return self._result(WorkerState.SUCCEEDED)
+        if d.action in (Action.RESTART, Action.FAIL):
+            self._set_group_state(WorkerState.FAILED)
+            reason = cause_text(d.cause) if d.cause else "workers unhealthy"
+            if d.action == Action.RESTART:
+                self._restarts_left -= 1
+                self._publish_restart(reason, membership=False)
                 self._restart_workers()
+                return None
+            self._stop_workers(signal.SIGTERM)
+            if d.cause is not None:
+                self._publish_failure(d.cause)
+            mine = f"{self._host} failed: {reason}; no restarts left"
+            note = self._close(mine)
+            closed = self._rdzv.membership()
+            if note is None and closed.closed and closed.reason and closed.reason != mine:
+                note = f"the job was closed: {closed.reason}"  # another node gave up first: say why
+            return self._result(WorkerState.FAILED, message=note)
+        m = d.membership or Membership()
+        if d.action == Action.CLOSED:
+            self._stop_workers(signal.SIGTERM)
+            return self._result(WorkerState.FAILED, message=f"the job was closed: {m.reason or 'by another node'}")
+        self._membership_restarts += 1  # Action.REFORM
+        self._publish_restart(reform_reason(m), membership=True)
+        self._restart_workers()
+        return None
 
     def _initialize_workers(self) -> None:
         self._attempt += 1
@@ -221,25 +219,27 @@ class Agent:
         self._bus.publish(ev.RendezvousStarted(attempt=self._attempt))
         t0 = self._clock()
         me = NodeInfo(
-            host=self._host,
-            role=self.spec.role,
-            local_world_size=self.spec.local_world_size,
-            master_port=free_port(),
-            node_rank=self._node_rank,
+            host=self._host, role=self.spec.role, local_world_size=self.spec.local_world_size, node_rank=self._node_rank
         )
         info = self._blocking(lambda: self._rdzv.next_rendezvous(me))
-        ranks = assign_ranks(info)
+        attempt = self._attempt
+        plans = worker_plans(
+            self.spec,
+            info,
+            restart_count=self.restart_count,
+            error_file=lambda lr: self._error_files.error_file(attempt, lr),
+        )
         self._group = WorkerGroup(
             spec=self.spec,
             workers=[
                 Worker(
-                    local_rank=r.local_rank,
-                    global_rank=r.global_rank,
-                    role_rank=r.role_rank,
-                    world_size=r.world_size,
-                    role_world_size=r.role_world_size,
+                    local_rank=p.local_rank,
+                    global_rank=p.global_rank,
+                    role_rank=p.role_rank,
+                    world_size=p.world_size,
+                    role_world_size=p.role_world_size,
                 )
-                for r in ranks
+                for p in plans
             ],
             group_rank=info.group_rank,
             group_world_size=info.group_world_size,
@@ -247,47 +247,23 @@ class Agent:
             master_port=info.master_port,
             state=WorkerState.INIT,
             round=info.round,
-            store=getattr(self._rdzv, "store", None),
+            store=self._rdzv.store,
         )
         self._bus.publish(
             ev.RendezvousDone(
                 round=info.round,
                 group_rank=info.group_rank,
                 group_world_size=info.group_world_size,
-                world_size=ranks[0].world_size if ranks else 0,
+                world_size=plans[0].world_size if plans else 0,
                 master_addr=info.master_addr,
                 master_port=info.master_port,
                 hosts=tuple(n.host for n in info.nodes),
                 duration=self._clock() - t0,
             )
         )
-        self._start_workers(info, ranks)
+        self._start_workers(plans)
 
-    def _start_workers(self, info: RendezvousInfo, ranks: list) -> None:
-        s = self.spec
-        plans = [
-            WorkerPlan(
-                local_rank=r.local_rank,
-                global_rank=r.global_rank,
-                argv=worker_argv((s.entrypoint, *s.args), self._n_fixed, r.local_rank),
-                env=worker_env(
-                    s.env,
-                    r,
-                    info,
-                    role=s.role,
-                    local_world_size=s.local_world_size,
-                    restart_count=self.restart_count,
-                    max_restarts=s.max_restarts,
-                    error_file=self._run_dir.error_file(self._attempt, r.local_rank),
-                    python=self._python,
-                    virtual_local_rank=s.virtual_local_rank,
-                ),
-            )
-            for r in ranks
-        ]
-        self._tails.reset()
-        self._failures.clear()
-        self._returns.clear()
+    def _start_workers(self, plans: list[WorkerPlan]) -> None:
         self._stopping = False
         pids = self._procs.start(plans)
         for w, plan in zip(self._group.workers, plans, strict=True):
@@ -302,7 +278,6 @@ class Agent:
                     argv=plan.argv,
                 )
             )
-        self._states = {w.local_rank: WorkerState.INIT for w in self._group.workers}
         for w in self._group.workers:
             self._set_worker_state(w, WorkerState.HEALTHY)
         self._set_group_state(WorkerState.HEALTHY)
@@ -342,21 +317,15 @@ class Agent:
         """Forward or act on caught signals; True when a repeated shutdown signal asks to kill now."""
         kill_now = False
         for sig in sigs:
-            if sig in self._signals.forward:
+            action = self._signals.action(sig, len(self._shutdown_signals))
+            if action == "forward":
                 self._procs.send(sig, group=False)
-                self._bus.publish(ev.SignalReceived(signal=sig, action="forward"))
             elif sig in self._signals.shutdown:
                 self._shutdown_signals.append(sig)
-                n = len(self._shutdown_signals)
-                if n == 1:
-                    self._bus.publish(ev.SignalReceived(signal=sig, action="shutdown"))
-                    if self._stopping and self._procs.running():
-                        self._procs.send(sig)
-                elif n == 2:
-                    self._bus.publish(ev.SignalReceived(signal=sig, action="kill"))
-                    kill_now = True
-                else:
-                    self._bus.publish(ev.SignalReceived(signal=sig, action="ignored"))
+            self._bus.publish(ev.SignalReceived(signal=sig, action=action))
+            if action == "shutdown" and self._stopping and self._procs.running():
+                self._procs.send(sig)
+            kill_now = kill_now or action == "kill"
         if kill_now:
             self._procs.send(signal.SIGKILL)
         return kill_now
@@ -364,23 +333,15 @@ class Agent:
     # -- bookkeeping ------------------------------------------------------------------------
     def _record_exits(self, exits: list[Exit]) -> None:
         for ex in exits:
-            worker = self._worker(ex.local_rank)
-            if worker is None or self._states.get(ex.local_rank, WorkerState.INIT).terminal:
+            w = self._group.worker(ex.local_rank)
+            if w is None or w.state.terminal:
                 continue
-            by_agent = self._stopping
-            if ex.ok:
-                new = WorkerState.SUCCEEDED
-                self._returns[ex.global_rank] = 0
-            elif by_agent:
-                new = WorkerState.STOPPED
-            else:
-                new = WorkerState.FAILED
+            new = worker_exit_state(ex.ok, self._stopping)
             if new != WorkerState.SUCCEEDED:
-                self._failures[ex.global_rank] = self._failure(ex, by_agent)
-            self._set_worker_state(worker, new, ex, by_agent)
+                w.failure = self._failure(ex, self._stopping)
+            self._set_worker_state(w, new, ex, self._stopping)
 
     def _failure(self, ex: Exit, by_agent: bool) -> WorkerFailure:
-        message, tb = read_error_file(self._run_dir.error_file(self._attempt, ex.local_rank))
         return WorkerFailure(
             local_rank=ex.local_rank,
             global_rank=ex.global_rank,
@@ -391,33 +352,14 @@ class Agent:
             signal=ex.signal,
             timestamp=ex.ts,
             restart=self.restart_count,
-            traceback=tb or self._tails.traceback(ex.local_rank),
-            error_message=message,
-            last_lines=self._tails.last_lines(ex.local_rank),
+            traceback=ex.why.traceback,
+            error_message=ex.why.error_message,
+            last_lines=ex.why.last_lines,
             stopped_by_agent=by_agent,
         )
 
-    def _worker(self, local_rank: int) -> Worker | None:
-        for w in self._group.workers:
-            if w.local_rank == local_rank:
-                return w
-        return None
-
-    def _group_state(self) -> WorkerState:
-        states = list(self._states.values())
-        if any(st == WorkerState.FAILED for st in states):
-            return WorkerState.FAILED
-        if states and all(st == WorkerState.SUCCEEDED for st in states):
-            return WorkerState.SUCCEEDED
-        return WorkerState.HEALTHY
-
-    def _first_failure(self) -> WorkerFailure | None:
-        own = [f for f in self._failures.values() if not f.stopped_by_agent]
-        return min(own, key=lambda f: (f.timestamp, f.global_rank)) if own else None
-
     def _set_worker_state(self, w: Worker, new: WorkerState, ex: Exit | None = None, by_agent: bool = False) -> None:
-        old = self._states.get(w.local_rank, WorkerState.UNKNOWN)
-        self._states[w.local_rank] = new
+        old, w.state = w.state, new
         self._bus.publish(
             ev.WorkerStateChanged(
                 local_rank=w.local_rank,
@@ -452,8 +394,6 @@ class Agent:
         )
 
     def _publish_failure(self, cause: WorkerFailure) -> None:
-        if self._rdzv.max_nodes <= 1:
-            return
         summary = failure_summary(cause)
         try:
             self._rdzv.publish_failure(summary)
@@ -475,15 +415,13 @@ class Agent:
     def _result(self, state: WorkerState, interrupted_by: int | None = None, message: str | None = None) -> RunResult:
         return RunResult(
             state=state,
-            return_values=dict(self._returns),
-            failures=dict(self._failures),
+            return_values=self._group.return_values,
+            failures=self._group.failures,
             interrupted_by=interrupted_by,
             message=message,
         )
 
     def _exit_barrier(self) -> None:
-        if self._rdzv.max_nodes <= 1:
-            return
         try:
             self._blocking(lambda: self._rdzv.exit_barrier(self.spec.exit_barrier_timeout))
         except RendezvousError as e:
@@ -491,8 +429,6 @@ class Agent:
 
     def _blocking(self, fn: Callable[[], T]) -> T:
         """Run a blocking rendezvous call in a thread so that signals are still handled."""
-        if self._rdzv.max_nodes <= 1:
-            return fn()
         box: dict[str, object] = {}
 
         def target() -> None:
@@ -515,20 +451,6 @@ class Agent:
         if "error" in box:
             raise box["error"]  # type: ignore[misc]
         return box["value"]  # type: ignore[return-value]
-
-
-def cause_text(f: WorkerFailure) -> str:
-    """`rank 3 (pid 123) exited with code 1` / `... was killed by SIGKILL`."""
-    if f.signal is not None:
-        return f"rank {f.global_rank} (pid {f.pid}) was killed by {f.signal_name}"
-    return f"rank {f.global_rank} (pid {f.pid}) exited with code {f.exitcode}"
-
-
-def failure_summary(f: WorkerFailure) -> str:
-    """A short text for other nodes' reports: host, rank, code or signal, and the traceback."""
-    head = f"{f.host}: {cause_text(f)}"
-    body = f.traceback or "\n".join(f.last_lines[-5:])
-    return f"{head}\n{body}" if body else head
 
 
 def host_name(local_addr: str | None) -> str:

@@ -138,17 +138,14 @@ CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help
 @click.pass_context
 def main(ctx: click.Context, **opts: Any) -> None:
     """Launch TRAINING_SCRIPT on this node's workers, like torchrun."""
-    from elaunch.launch import build_config, launch, print_plan
+    from elaunch.launch import launch, print_plan
+    from elaunch.options import build_config
 
     sources = {}
     for name in opts:
         src = ctx.get_parameter_source(name)
         sources[name] = {"COMMANDLINE": "option", "ENVIRONMENT": "environment"}.get(src.name if src else "", "default")
-    if "SLURM_JOB_ID" in os.environ:
-        from elaunch.slurm import apply_slurm_defaults
-
-        apply_slurm_defaults(opts, sources, os.environ)
-    config = build_config(opts, sources, os.environ)
+    config = build_config(opts, sources, os.environ)  # every usage error is raised here, before anything starts
     if config.dry_run:
         print_plan(config, sys.stdout)
         ctx.exit(0)

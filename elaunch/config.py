@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field, fields
 from typing import Literal
 
 from elaunch.errors import ConfigError
+from elaunch.rendezvous.api import Endpoint, EtcdOptions, RendezvousConfig, RendezvousSettings
+from elaunch.spec import WorkerSpec
+from elaunch.values import Value, value
 
 RDZV_BACKENDS: tuple[str, ...] = ("static", "c10d", "etcd", "etcd-v2")
 ETCD_BACKENDS: tuple[str, ...] = ("etcd", "etcd-v2")
@@ -17,23 +21,16 @@ DEFAULT_C10D_PORT = 29400
 DEFAULT_ETCD_PORT = 2379
 DEFAULT_MASTER_PORT = 29500
 
-# torchrun's --rdzv-conf keys (dynamic handler, c10d and etcd backends) and their defaults.
-RDZV_CONF_DEFAULTS: dict[str, float] = {
-    "join_timeout": 600.0,
-    "last_call_timeout": 30.0,
-    "close_timeout": 30.0,
-    "heartbeat_timeout": 5.0,
-    "keep_alive_interval": 5.0,
-    "keep_alive_max_attempt": 3,
-    "read_timeout": 60.0,
-}
+# torchrun's --rdzv-conf timing keys (dynamic handler, c10d and etcd backends) and their defaults.
+RDZV_CONF_DEFAULTS: dict[str, float] = {f.name: f.default for f in fields(RendezvousSettings)}  # type: ignore[misc]
 RDZV_CONF_FLAGS = ("is_host", "use_libuv")
+TIMEOUT_ALIAS = "timeout"
+"""torch's static and etcd handlers' name for join_timeout (seconds); c10d ignores it, as torch's does."""
 RDZV_CONF_STRINGS = (
     "protocol",
     "cacert",
     "cert",
     "key",
-    "timeout",
     "store_type",
     # torchrun's etcd-v2 spellings of cacert/cert/key, and its etcd backend's key prefix
     "ca_cert",
@@ -46,35 +43,13 @@ ETCD_TLS_KEYS = {"cacert": "ca_cert", "cert": "ssl_cert", "key": "ssl_cert_key"}
 C10D_ONLY_KEYS = ("is_host", "use_libuv", "store_type")
 ETCD_ONLY_KEYS = ("protocol", *ETCD_TLS_KEYS, *ETCD_TLS_KEYS.values(), "etcd_prefix")
 
+EntryKind = Literal["python", "module", "run_path", "program"]
+"""How the worker command runs: `python script`, `python -m`, runpy inside python, or the program itself."""
 DEFAULT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class EtcdOptions:
-    """How to reach etcd and where the keys go, from --rdzv-conf (see `parse_etcd_conf`)."""
-
-    protocol: Literal["http", "https"] = "http"
-    ca_cert: str | None = None
-    """CA bundle that signed etcd's server certificate (else the system's)."""
-    cert: str | None = None
-    """Client certificate (PEM); may also hold the key."""
-    key: str | None = None
-    prefix: str = ""
-    """Put before every key (`/team/elaunch/<run_id>/...`); empty or `/a/b` without a trailing slash."""
-
-
-@dataclass(frozen=True)
-class StdSpec:
+@value
+class StdSpec(Value):
     """Which of stdout (1) and stderr (2) go to files, per local rank; `default` for the others."""
 
     default: int = 0
@@ -93,8 +68,8 @@ class StdSpec:
         return bool(self.default & stream or any(v & stream for v in self.per_rank.values()))
 
 
-@dataclass(frozen=True)
-class OutputConfig:
+@value
+class OutputConfig(Value):
     """Where the workers' output and the run's records go (torchrun's log options and elaunch's own)."""
 
     log_dir: str | None = None
@@ -118,52 +93,62 @@ class OutputConfig:
         return self.redirects.any or self.tee.any
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
-    """Everything a launch needs, validated. Built by `cli.py`; `sources` says where values came from."""
+@value
+class LaunchConfig(Value):
+    """Everything a launch needs, validated (see `elaunch.options.build_config`).
 
-    min_nodes: int
-    max_nodes: int
+    Nested by concern: `rdzv` (where the nodes meet), `output` (where output goes), the rest is
+    the job on this node. `sources` says where each option's value came from (for --dry-run).
+    """
+
     nproc_per_node: int
     entry_argv: tuple[str, ...]
     """The worker's command line before `${local_rank}` substitution."""
-    entry_kind: Literal["python", "module", "run_path", "program"]
-    rdzv_backend: str = "static"
-    rdzv_endpoint: Endpoint | None = None
-    run_id: str = "none"
-    rdzv_conf: Mapping[str, object] = field(default_factory=dict)
-    standalone: bool = False
+    entry_kind: EntryKind
+    rdzv: RendezvousConfig
+    output: OutputConfig = field(default_factory=OutputConfig)
     max_restarts: int = 0
     monitor_interval: float = 0.1
     role: str = "default"
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int | None = None
-    local_addr: str | None = None
     signals_to_handle: tuple[int, ...] = ()
     shutdown_timeout: float = 30.0
     exit_barrier_timeout: float = 300.0
     virtual_local_rank: bool = False
-    log_dir: str | None = None
-    redirects: StdSpec = field(default_factory=StdSpec)
-    tee: StdSpec = field(default_factory=StdSpec)
-    local_ranks_filter: frozenset[int] | None = None
-    ranks_filter: frozenset[int] | None = None
     warnings: tuple[str, ...] = ()
     """Options given but without effect here (torchrun ignores them too); shown at start."""
-    duplicate_filters: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
-    """Per stream (1 stdout, 2 stderr): teed lines containing any of these strings are also
-    written to attempt_<k>/filtered_{stdout,stderr}.log (torchrun's --duplicate-*-filters)."""
-    log_line_prefix: str | None = None
-    live: bool | None = None
-    summary_file: str | None = None
-    events_file: str | None = None
     dry_run: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
+    def min_nodes(self) -> int:
+        return self.rdzv.min_nodes
+
+    @property
+    def max_nodes(self) -> int:
+        return self.rdzv.max_nodes
+
+    @property
+    def run_id(self) -> str:
+        return self.rdzv.run_id
+
+    @property
     def single_node(self) -> bool:
-        return self.max_nodes == 1
+        return self.rdzv.single_node
+
+    def worker_spec(self, env: Mapping[str, str]) -> WorkerSpec:
+        """What this node runs, with `env` (the agent's environment) as every worker's base."""
+        return WorkerSpec(
+            role=self.role,
+            local_world_size=self.nproc_per_node,
+            entrypoint=self.entry_argv[0],
+            args=self.entry_argv[1:],
+            kind=self.entry_kind,
+            max_restarts=self.max_restarts,
+            shutdown_timeout=self.shutdown_timeout,
+            exit_barrier_timeout=self.exit_barrier_timeout,
+            virtual_local_rank=self.virtual_local_rank,
+            env=dict(env),
+        )
 
 
 def parse_nnodes(value: str) -> tuple[int, int]:
@@ -245,20 +230,15 @@ def parse_rdzv_conf(value: str) -> dict[str, object]:
     v = value.strip()
     if not v:
         return conf
-    known = sorted([*RDZV_CONF_DEFAULTS, *RDZV_CONF_FLAGS, *RDZV_CONF_STRINGS])
+    known = sorted([*RDZV_CONF_DEFAULTS, TIMEOUT_ALIAS, *RDZV_CONF_FLAGS, *RDZV_CONF_STRINGS])
     for item in v.split(","):
         key, eq, raw = item.partition("=")
         key, raw = key.strip(), raw.strip()
         if not eq or not key:
             raise ConfigError(f"--rdzv-conf: expected key=value pairs separated by commas, got {item!r}")
-        if key in RDZV_CONF_DEFAULTS:
-            try:
-                num = float(raw)
-            except ValueError:
-                raise ConfigError(f"--rdzv-conf {key}: expected a number, got {raw!r}") from None
-            if num <= 0:
-                raise ConfigError(f"--rdzv-conf {key}: must be greater than 0, got {raw!r}")
-            conf[key] = int(num) if key == "keep_alive_max_attempt" else num
+        if key in RDZV_CONF_DEFAULTS or key == TIMEOUT_ALIAS:
+            num = parse_positive_float(raw, f"--rdzv-conf {key}")
+            conf[key] = max(1, int(num)) if key == "keep_alive_max_attempt" else num
         elif key in RDZV_CONF_FLAGS:
             low = raw.lower()
             if low not in ("1", "0", "true", "false", "yes", "no"):
@@ -311,6 +291,21 @@ def parse_etcd_conf(conf: Mapping[str, object], backend: str = "etcd-v2") -> Etc
         cert=tls["cert"],
         key=tls["key"],
         prefix=prefix,
+    )
+
+
+def parse_rdzv_settings(conf: Mapping[str, object], backend: str) -> RendezvousSettings:
+    """The timings of a parsed --rdzv-conf over torch's defaults (`RendezvousSettings`).
+
+    `timeout` is join_timeout for the static and etcd backends (torch's static and etcd handlers
+    read it); an explicit join_timeout wins. Values were checked by `parse_rdzv_conf`.
+    """
+    values: dict[str, float] = {k: float(v) for k, v in conf.items() if k in RDZV_CONF_DEFAULTS}  # type: ignore[arg-type]
+    if backend in ("static", *ETCD_BACKENDS) and TIMEOUT_ALIAS in conf:
+        values.setdefault("join_timeout", float(conf[TIMEOUT_ALIAS]))  # type: ignore[arg-type]
+    return RendezvousSettings(
+        **{k: v for k, v in values.items() if k != "keep_alive_max_attempt"},
+        keep_alive_max_attempt=int(values.get("keep_alive_max_attempt", 3)),
     )
 
 
@@ -373,14 +368,26 @@ def parse_signals(value: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sigs))
 
 
-def parse_positive_float(value: str | float, option: str) -> float:
+MAX_SECONDS = 10**9
+"""Longest accepted duration (about 31 years): larger values overflow the OS's timers."""
+
+
+def parse_seconds(value: str | float, option: str, *, allow_zero: bool = False) -> float:
+    """A finite duration in seconds, > 0 (or >= 0 with `allow_zero`) and at most MAX_SECONDS."""
     try:
         f = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{option}: expected a number of seconds, got {value!r}") from None
-    if not f > 0:
-        raise ConfigError(f"{option}: must be greater than 0, got {value!r}")
+    if not math.isfinite(f) or f > MAX_SECONDS:
+        raise ConfigError(f"{option}: expected a finite number of seconds up to {MAX_SECONDS}, got {value!r}")
+    if f < 0 or (f == 0 and not allow_zero):
+        raise ConfigError(f"{option}: must be {'0 or more' if allow_zero else 'greater than 0'} seconds, got {value!r}")
     return f
+
+
+def parse_positive_float(value: str | float, option: str) -> float:
+    """A finite number of seconds > 0 (see `parse_seconds`)."""
+    return parse_seconds(value, option)
 
 
 def substitute_local_rank(args: tuple[str, ...], local_rank: int) -> tuple[str, ...]:

@@ -1,33 +1,40 @@
 """The plain console: prefixed worker lines, timestamped agent lines, and the final report.
 
 Used whenever stdout is not a terminal (SLURM .out files, pipes, make), with NO_COLOR,
-TERM=dumb or --no-live; the live view (livelview.py) reuses its formatting. Worker stdout goes
-to our stdout and worker stderr to our stderr, each write being whole lines; the agent's own
-lines go to stderr.
+TERM=dumb or --no-live; the live view (liveview.py) reuses its texts. Worker stdout goes to our
+stdout and worker stderr to our stderr, each write being whole lines; the agent's own lines go
+to stderr. What to say is decided by pure functions of an event and the run's view
+(`describe`, `worker_prefix`, `report`); `PlainConsole` only writes.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from string import Template
 from typing import BinaryIO
 
 from elaunch import events as ev
 from elaunch.config import StdSpec
+from elaunch.failures import clock_text, failure_detail
 from elaunch.logs import prefix_lines
+from elaunch.runview import RunView, ViewSource
 from elaunch.signals import signal_name
-from elaunch.spec import RunResult, WorkerFailure, WorkerState
+from elaunch.spec import RunResult, WorkerState
+from elaunch.values import Value, value
 
 PROGRESS_INTERVAL = 10.0
 """Plain mode shows a progress bar's state at most this often per worker."""
 
 COLORS = (36, 33, 35, 32, 34, 91, 96, 93, 95, 92, 94, 31)
+"""SGR foreground codes of rank prefixes: rank r gets COLORS[r % len(COLORS)]."""
 
 
-@dataclass(frozen=True)
-class ConsoleOptions:
+@value
+class ConsoleOptions(Value):
+    """How the console shows worker lines: prefix, colour, filters, redirects (from OutputConfig)."""
+
     prefix_template: str | None = None
     multi_node: bool = False
     color: bool = False
@@ -36,10 +43,9 @@ class ConsoleOptions:
     redirects: StdSpec = field(default_factory=StdSpec)
     tee: StdSpec = field(default_factory=StdSpec)
     progress_interval: float = PROGRESS_INTERVAL
-
-
-def clock_text(ts: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+    host: str = ""
+    """This node's name, for `[HOST:RANK] ` and `${host}`."""
+    role: str = "default"
 
 
 def rank_ranges(ranks: list[int]) -> str:
@@ -56,89 +62,96 @@ def rank_ranges(ranks: list[int]) -> str:
     return ",".join(out)
 
 
-class Formatter:
-    """Prefixes for worker lines and the text of agent lines; shared by plain and live views."""
+def worker_prefix(opts: ConsoleOptions, view: RunView, local_rank: int, global_rank: int) -> str:
+    """The text before each line of a worker: `[RANK] ` padded to the widest rank of the job,
+    `[HOST:RANK] ` on several nodes, or the `--log-line-prefix` template; coloured if asked."""
+    if opts.prefix_template is not None:
+        row = view.worker(local_rank)
+        text = Template(opts.prefix_template).safe_substitute(
+            role_name=opts.role,
+            rank=global_rank,
+            local_rank=local_rank,
+            host=opts.host,
+            group_rank=view.group_rank,
+            restart=row.restart if row is not None else view.restart_count,
+        )
+    else:
+        width = len(str(max(view.world_size - 1, 0)))
+        label = f"{global_rank:>{width}}"
+        text = f"[{opts.host}:{label}] " if opts.multi_node else f"[{label}] "
+    if opts.color:
+        return f"\x1b[{COLORS[global_rank % len(COLORS)]}m{text}\x1b[0m"
+    return text
 
-    def __init__(self, opts: ConsoleOptions, host: str, role: str) -> None:
+
+class Prefixes:
+    """`worker_prefix` as bytes, remembered per worker and round (it is asked for every chunk)."""
+
+    def __init__(self, opts: ConsoleOptions) -> None:
         self.opts = opts
-        self.host = host
-        self.role = role
-        self.group_rank = 0
-        self.restart = 0
-        self.world_size = 1
-        self._prefix: dict[int, bytes] = {}
+        self._memo: dict[tuple[int, int, int, int, int], bytes] = {}
 
-    def reset(self, world_size: int, group_rank: int, restart: int) -> None:
-        self.world_size, self.group_rank, self.restart = world_size, group_rank, restart
-        self._prefix.clear()
-
-    def prefix(self, local_rank: int, global_rank: int) -> bytes:
-        p = self._prefix.get(local_rank)
+    def get(self, view: RunView, local_rank: int, global_rank: int) -> bytes:
+        row = view.worker(local_rank)
+        restart = row.restart if row is not None else view.restart_count
+        key = (local_rank, global_rank, view.group_rank, view.world_size, restart)
+        p = self._memo.get(key)
         if p is None:
-            p = self._make_prefix(local_rank, global_rank).encode(errors="replace")
-            self._prefix[local_rank] = p
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            p = self._memo[key] = worker_prefix(self.opts, view, local_rank, global_rank).encode(errors="replace")
         return p
 
-    def _make_prefix(self, local_rank: int, global_rank: int) -> str:
-        if self.opts.prefix_template is not None:
-            text = Template(self.opts.prefix_template).safe_substitute(
-                role_name=self.role,
-                rank=global_rank,
-                local_rank=local_rank,
-                host=self.host,
-                group_rank=self.group_rank,
-                restart=self.restart,
-            )
-        else:
-            width = len(str(max(self.world_size - 1, 0)))
-            label = f"{global_rank:>{width}}"
-            text = f"[{self.host}:{label}] " if self.opts.multi_node else f"[{label}] "
-        if self.opts.color:
-            return f"\x1b[{COLORS[global_rank % len(COLORS)]}m{text}\x1b[0m"
-        return text
 
-    def shown(self, local_rank: int, global_rank: int, stream: int) -> bool:
-        """On the console unless filtered out or redirected to a file without --tee."""
-        o = self.opts
-        if o.local_ranks_filter is not None and local_rank not in o.local_ranks_filter:
-            return False
-        if o.ranks_filter is not None and global_rank not in o.ranks_filter:
-            return False
-        redirected = o.redirects.for_rank(local_rank) & stream
-        teed = o.tee.for_rank(local_rank) & stream
-        return not redirected or bool(teed)
+def shown(opts: ConsoleOptions, local_rank: int, global_rank: int, stream: int) -> bool:
+    """On the console unless filtered out or redirected to a file without --tee."""
+    if opts.local_ranks_filter is not None and local_rank not in opts.local_ranks_filter:
+        return False
+    if opts.ranks_filter is not None and global_rank not in opts.ranks_filter:
+        return False
+    redirected = opts.redirects.for_rank(local_rank) & stream
+    teed = opts.tee.for_rank(local_rank) & stream
+    return not redirected or bool(teed)
 
 
 class PlainConsole:
-    """A sink writing line-oriented text: no escape codes unless colour was asked for."""
+    """A sink writing line-oriented text: no escape codes unless colour was asked for.
+
+    Reads the run's state from `views` (the tracker, subscribed before this sink); keeps only
+    what writing needs: which streams broke, and when each progress bar was last shown.
+    """
 
     def __init__(
         self,
         out: BinaryIO,
         err: BinaryIO,
-        fmt: Formatter,
+        opts: ConsoleOptions,
+        views: ViewSource,
         *,
-        verbose: bool = True,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._out = out
         self._err = err
-        self.fmt = fmt
-        self._verbose = verbose
+        self.opts = opts
+        self.views = views
+        self.prefixes = Prefixes(opts)
         self._now = now
         self._last: BinaryIO | None = None
         self._dead: set[int] = set()
         self._progress_at: dict[int, float] = {}
-        self._started: list[ev.WorkerStarted] = []
         self._dirty = False
 
     # -- writing --------------------------------------------------------------------------
     def _write(self, f: BinaryIO, data: bytes) -> None:
         if id(f) in self._dead:
             return
+        last = self._last
+        if last is not None and last is not f and id(last) not in self._dead:
+            try:  # keep the order of lines across the two streams
+                last.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self._dead.add(id(last))  # that stream is gone, not this one
         try:
-            if self._last is not None and self._last is not f:
-                self._last.flush()
             self._last = f
             f.write(data)
             self._dirty = True
@@ -149,7 +162,7 @@ class PlainConsole:
         """An agent line on stderr: `[elaunch 12:00:01.234] text`."""
         stamp = clock_text(ts if ts is not None else time.time())
         head = f"[elaunch {stamp}] "
-        if self.fmt.opts.color:
+        if self.opts.color:
             head = f"\x1b[1;34m{head}\x1b[0m"
         lines = text.rstrip("\n").split("\n")
         self._write(self._err, "".join(head + line + "\n" for line in lines).encode(errors="replace"))
@@ -171,8 +184,8 @@ class PlainConsole:
     # -- events ---------------------------------------------------------------------------
     def handle(self, e: ev.Event) -> None:
         if isinstance(e, ev.WorkerOutput):
-            if self.fmt.shown(e.local_rank, e.global_rank, e.stream):
-                data = prefix_lines(e.data, self.fmt.prefix(e.local_rank, e.global_rank))
+            if shown(self.opts, e.local_rank, e.global_rank, e.stream):
+                data = prefix_lines(e.data, self.prefixes.get(self.views.view, e.local_rank, e.global_rank))
                 self._write(self._out if e.stream == 1 else self._err, data)
             self._progress_at.pop(e.local_rank * 4 + e.stream, None)
         elif isinstance(e, ev.WorkerProgress):
@@ -184,26 +197,37 @@ class PlainConsole:
             if rest:
                 self._write(self._err, ("\n".join(rest) + "\n").encode(errors="replace"))
         else:
-            text = describe(e, self)
+            text = describe(e, self.views.view)
             if text:
                 self.note(text, e.ts)
 
     def _progress(self, e: ev.WorkerProgress) -> None:
-        if not self.fmt.shown(e.local_rank, e.global_rank, e.stream):
+        if not shown(self.opts, e.local_rank, e.global_rank, e.stream):
             return
         key = e.local_rank * 4 + e.stream
         now = self._now()
         last = self._progress_at.get(key)
-        if last is not None and now - last < self.fmt.opts.progress_interval:
+        if last is not None and now - last < self.opts.progress_interval:
             return
         self._progress_at[key] = now
-        data = prefix_lines(e.text.rstrip(b"\n") + b"\n", self.fmt.prefix(e.local_rank, e.global_rank))
-        self._write(self._out if e.stream == 1 else self._err, data)
+        prefix = self.prefixes.get(self.views.view, e.local_rank, e.global_rank)
+        self._write(self._out if e.stream == 1 else self._err, prefix_lines(e.text.rstrip(b"\n") + b"\n", prefix))
 
 
-def describe(e: ev.Event, con: PlainConsole) -> str | None:
-    """The agent line for an event, or None for events shown otherwise (or not at all)."""
-    fmt = con.fmt
+_SIGNAL_TEXT = {
+    "forward": "{} received: passed on to the workers, job keeps running",
+    "shutdown": "{} received: stopping the workers (press Ctrl-C again to kill them at once)",
+    "kill": "{} received again: killing the workers now",
+    "ignored": "{} received: already shutting down",
+}
+
+
+def describe(e: ev.Event, view: RunView) -> str | None:
+    """The agent line for an event, or None for events shown otherwise (or not at all).
+
+    `view` is the run's view with `e` already folded in (the tracker's, when a sink handles
+    `e`). Pure: nothing is changed.
+    """
     if isinstance(e, ev.RunStarted):
         nodes = f"{e.min_nodes}" if e.min_nodes == e.max_nodes else f"{e.min_nodes}:{e.max_nodes}"
         return (
@@ -211,22 +235,16 @@ def describe(e: ev.Event, con: PlainConsole) -> str | None:
             f"max restarts {e.max_restarts}"
         )
     if isinstance(e, ev.RendezvousDone):
-        fmt.reset(e.world_size, e.group_rank, fmt.restart)
         if e.group_world_size > 1 or e.round > 0:
             return (
                 f"rendezvous round {e.round}: node {e.group_rank} of {e.group_world_size}, world size "
                 f"{e.world_size}, master {e.master_addr}:{e.master_port} ({e.duration:.2f}s)"
             )
         return None
-    if isinstance(e, ev.WorkerStarted):
-        fmt.restart = e.restart
-        con._started.append(e)
-        return None
     if isinstance(e, ev.GroupStateChanged):
-        if e.new == WorkerState.HEALTHY and con._started:
-            started, con._started = con._started, []
-            ranks = rank_ranges([s.global_rank for s in started])
-            pids = ",".join(str(s.pid) for s in started)
+        if e.new == WorkerState.HEALTHY and view.workers:
+            ranks = rank_ranges([w.global_rank for w in view.workers])
+            pids = ",".join(str(w.pid) for w in view.workers)
             return f"rank(s) {ranks} INIT -> HEALTHY (pid {pids})" + (f", restart {e.restart}" if e.restart else "")
         if e.new in (WorkerState.SUCCEEDED, WorkerState.FAILED, WorkerState.STOPPED, WorkerState.UNHEALTHY):
             return f"worker group {e.old.value} -> {e.new.value}"
@@ -255,40 +273,18 @@ def describe(e: ev.Event, con: PlainConsole) -> str | None:
             parts.append(f"job closed: {e.reason}")
         return "membership: " + "; ".join(parts) if parts else None
     if isinstance(e, ev.SignalReceived):
-        name = signal_name(e.signal)
-        return {
-            "forward": f"{name} received: passed on to the workers, job keeps running",
-            "shutdown": f"{name} received: stopping the workers (press Ctrl-C again to kill them at once)",
-            "kill": f"{name} received again: killing the workers now",
-            "ignored": f"{name} received: already shutting down",
-        }.get(e.action)
+        text = _SIGNAL_TEXT.get(e.action)
+        return text.format(signal_name(e.signal)) if text is not None else None
     if isinstance(e, ev.Message):
         return e.text if e.level == "info" else f"{e.level}: {e.text}"
     return None
 
 
-def failure_detail(f: WorkerFailure, indent: str = "  ") -> list[str]:
-    if f.signal is not None:
-        how = f"was killed by {f.signal_name}"
-        if f.signal == 9:
-            how += " (the kernel's OOM killer is a common cause: check `dmesg`)"
-    else:
-        how = f"exited with code {f.exitcode}"
-    lines = [f"root cause: rank {f.global_rank} (local rank {f.local_rank}) on {f.host}, pid {f.pid}, {how}"]
-    lines.append(f"{indent}at {clock_text(f.timestamp)}, restart {f.restart}")
-    if f.error_message:
-        lines.append(f"{indent}error: {f.error_message}")
-    if f.traceback:
-        lines.append(f"{indent}traceback:")
-        lines += [indent * 2 + x for x in f.traceback.splitlines()]
-    elif f.last_lines:
-        lines.append(f"{indent}last lines:")
-        lines += [indent * 2 + x for x in f.last_lines]
-    return lines
-
-
 def report(result: RunResult, remote: tuple[str, ...] = ()) -> str:
-    """The end-of-run summary: one screen, the root cause first, its traceback once."""
+    """The end-of-run summary: one screen, the root cause first, its traceback once.
+
+    Lines joined by newlines, none at the end; the first line is the verdict.
+    """
     if result.state == WorkerState.SUCCEEDED:
         return f"job SUCCEEDED: {len(result.return_values)} worker(s) exited 0"
     lines: list[str] = []

@@ -3,13 +3,17 @@
 One row per worker (rank, pid, state, restarts, uptime, CPU and memory, or its progress bar)
 and a job line (run, rendezvous round, world size, restarts left). Agent lines are the same
 text as in plain mode, highlighted. Only used on a terminal; everything else gets PlainConsole.
+
+The status area is drawn from the tracker's `RunView` only: rich calls `_Status.__rich__` from
+its refresh thread (and from whichever thread prints), and that reads one immutable view; the
+text of the table comes from the pure `job_text` and `status_rows`.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import psutil
 from rich.console import Console, Group
@@ -18,7 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from elaunch import events as ev
-from elaunch.console import COLORS, Formatter, PlainConsole, clock_text, describe, report
+from elaunch.console import COLORS, PlainConsole, describe, report, shown
+from elaunch.failures import clock_text
+from elaunch.runview import RunView, ViewSource, WorkerRow
 from elaunch.spec import WorkerState
 
 STATE_STYLE = {
@@ -31,6 +37,9 @@ STATE_STYLE = {
     WorkerState.UNKNOWN: "dim",
 }
 ANSI_COLORS = {31: "red", 32: "green", 33: "yellow", 34: "blue", 35: "magenta", 36: "cyan"}
+COLUMNS = ("rank", "pid", "state", "restarts", "uptime", "cpu", "mem", "progress")
+MAX_ROWS = 64
+"""Rows drawn at most (the lowest global ranks); more would not fit a screen."""
 
 
 def _rank_style(rank: int) -> str:
@@ -39,31 +48,123 @@ def _rank_style(rank: int) -> str:
     return f"bright_{base}" if code >= 90 else base
 
 
-@dataclass
-class _Row:
-    local_rank: int
-    global_rank: int
-    pid: int
-    state: WorkerState
-    restart: int
-    started: float
-    ended: float | None = None
-    progress: str = ""
-    proc: psutil.Process | None = None
+# -- the status area as text (pure) ---------------------------------------------------------
+def job_text(view: RunView) -> str:
+    """The job line after `elaunch `: run id, round, world size, restarts left (and membership changes)."""
+    run_id = view.run.run_id if view.run is not None else ""
+    text = (
+        f"run {run_id}  round {view.round}  world size {view.world_size}  "
+        f"restarts left {view.restarts_left}/{view.max_restarts}"
+    )
+    if view.membership_restarts:
+        text += f"  membership changes {view.membership_restarts}"
+    return text
+
+
+def shown_rows(view: RunView) -> list[WorkerRow]:
+    """The current attempt's workers the table shows, by global rank (at most MAX_ROWS)."""
+    return sorted(view.workers, key=lambda r: r.global_rank)[:MAX_ROWS]
+
+
+def status_rows(view: RunView, now: float, usage: Mapping[int, tuple[str, str]]) -> list[tuple[str, ...]]:
+    """One tuple of cell texts per shown worker, in COLUMNS order.
+
+    `now` is wall-clock seconds (uptime of a running worker); `usage` maps a pid to its
+    (cpu, mem) texts, sampled by the caller; a worker that ended shows none.
+    """
+    rows: list[tuple[str, ...]] = []
+    for w in shown_rows(view):
+        up = (w.ended if w.ended is not None else now) - w.started
+        cpu, mem = usage.get(w.pid, ("", "")) if w.ended is None else ("", "")
+        rows.append((str(w.global_rank), str(w.pid), w.state.value, str(w.restart), f"{up:.1f}s", cpu, mem, w.progress))
+    return rows
+
+
+class ProcessUsage:
+    """CPU and memory of workers by pid, sampled with psutil; callable from any thread.
+
+    Keeps one `psutil.Process` per pid (CPU percentages are measured between two calls on the
+    same object), dropped once its pid is no longer asked for. A lock serialises the samplers:
+    rich renders the status area from its refresh thread and from the thread that prints.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: dict[int, psutil.Process | None] = {}
+
+    def sample(self, pids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        """pid -> (`"12%"`, `"130M"`) for each pid that can be read (RSS in MiB)."""
+        out: dict[int, tuple[str, str]] = {}
+        with self._lock:
+            wanted = set(pids)
+            for pid in [p for p in self._procs if p not in wanted]:
+                del self._procs[pid]
+            for pid in wanted:
+                if pid not in self._procs:
+                    self._procs[pid] = self._open(pid)
+                proc = self._procs[pid]
+                if proc is None:
+                    continue
+                try:
+                    with proc.oneshot():
+                        out[pid] = (f"{proc.cpu_percent(None):.0f}%", f"{proc.memory_info().rss / 2**20:.0f}M")
+                except psutil.Error:
+                    pass
+        return out
+
+    @staticmethod
+    def _open(pid: int) -> psutil.Process | None:
+        try:
+            proc = psutil.Process(pid)
+            proc.cpu_percent(None)  # the first call starts the measurement
+        except psutil.Error:
+            return None
+        return proc
+
+
+def status(view: RunView, now: float, usage: Mapping[int, tuple[str, str]]) -> Group:
+    """The status area for `view`: the job line and the workers' table, styled."""
+    job = Text.assemble(("elaunch ", "bold blue"), job_text(view))
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for col in COLUMNS:
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=60 if col == "progress" else None)
+    for rank, pid, state, *rest in status_rows(view, now, usage):
+        table.add_row(
+            Text(rank, style=_rank_style(int(rank))),
+            pid,
+            Text(state, style=STATE_STYLE.get(WorkerState(state), "")),
+            *rest,
+        )
+    return Group(job, table)
+
+
+class _Status:
+    """Rendered at each refresh (from rich's thread), so uptimes and CPU figures are current."""
+
+    def __init__(self, views: ViewSource, usage: ProcessUsage) -> None:
+        self._views = views
+        self._usage = usage
+
+    def __rich__(self) -> Group:
+        view = self._views.view  # one read: an immutable snapshot
+        running = [w.pid for w in shown_rows(view) if w.ended is None]
+        return status(view, time.time(), self._usage.sample(running))
 
 
 class LiveConsole:
-    """A sink drawing the live view; `plain` formats text and writes streams that are not the terminal."""
+    """A sink drawing the live view; `plain` writes the streams that are not the terminal.
 
-    def __init__(self, plain: PlainConsole, stderr_is_tty: bool, console: Console | None = None) -> None:
+    Holds no run state: the status area reads `views` (the tracker) when rich redraws it.
+    """
+
+    def __init__(
+        self, plain: PlainConsole, views: ViewSource, stderr_is_tty: bool, console: Console | None = None
+    ) -> None:
         self.plain = plain
-        self.fmt: Formatter = plain.fmt
+        self.views = views
         self.console = console or Console(highlight=False, soft_wrap=True)
         self._stderr_tty = stderr_is_tty
-        self._rows: dict[int, _Row] = {}
-        self._job: dict[str, Any] = {"round": 0, "world": 0, "restarts_left": 0, "max_restarts": 0, "membership": 0}
-        self._run_id = ""
-        self._live = Live(_Status(self), console=self.console, refresh_per_second=4, transient=False)
+        self._live = Live(_Status(views, ProcessUsage()), console=self.console, refresh_per_second=4, transient=False)
         self._live.start()
         self._stopped = False
 
@@ -72,28 +173,20 @@ class LiveConsole:
         if isinstance(e, ev.WorkerOutput):
             if e.stream == 2 and not self._stderr_tty:
                 self.plain.handle(e)
-                return
-            if self.fmt.shown(e.local_rank, e.global_rank, e.stream):
+            elif shown(self.plain.opts, e.local_rank, e.global_rank, e.stream):
                 self._print_lines(e)
-            row = self._rows.get(e.local_rank)
-            if row is not None:
-                row.progress = ""
             return
         if isinstance(e, ev.WorkerProgress):
-            row = self._rows.get(e.local_rank)
-            if row is not None:
-                row.progress = e.text.decode(errors="replace").strip()
-            return
-        self._track(e)
+            return  # shown in the worker's row, from the view
         if isinstance(e, ev.RunFinished):
             self._finish(e)
             return
-        text = describe(e, self.plain)
+        text = describe(e, self.views.view)
         if text:
             self._note(text, e)
 
     def _print_lines(self, e: ev.WorkerOutput) -> None:
-        prefix_text = self.fmt.prefix(e.local_rank, e.global_rank).decode(errors="replace")
+        prefix_text = self.plain.prefixes.get(self.views.view, e.local_rank, e.global_rank).decode(errors="replace")
         style = _rank_style(e.global_rank)
         out = Text()
         for line in e.data.decode(errors="replace").splitlines():
@@ -103,41 +196,7 @@ class LiveConsole:
         self.console.print(out, end="")
 
     def _note(self, text: str, e: ev.Event) -> None:
-        style = "bold cyan"
-        if isinstance(e, ev.WorkerStateChanged) and e.new == WorkerState.FAILED:
-            style = "bold red"
-        elif isinstance(e, ev.RestartDecided | ev.SignalReceived):
-            style = "bold yellow"
-        elif isinstance(e, ev.Message) and e.level != "info":
-            style = "yellow"
-        head = Text(f"[elaunch {clock_text(e.ts)}] ", style="bold blue")
-        for line in text.splitlines():
-            self.console.print(head + Text(line, style=style))
-
-    def _track(self, e: ev.Event) -> None:
-        if isinstance(e, ev.RunStarted):
-            self._run_id = e.run_id
-            self._job.update(max_restarts=e.max_restarts, restarts_left=e.max_restarts)
-        elif isinstance(e, ev.RendezvousDone):
-            self._job.update(round=e.round, world=e.world_size, nodes=e.group_world_size)
-            self._rows.clear()
-        elif isinstance(e, ev.WorkerStarted):
-            try:
-                proc: psutil.Process | None = psutil.Process(e.pid)
-                proc.cpu_percent(None)  # type: ignore[union-attr]
-            except psutil.Error:
-                proc = None
-            self._rows[e.local_rank] = _Row(
-                e.local_rank, e.global_rank, e.pid, WorkerState.INIT, e.restart, e.ts, proc=proc
-            )
-        elif isinstance(e, ev.WorkerStateChanged):
-            row = self._rows.get(e.local_rank)
-            if row is not None:
-                row.state = e.new
-                if e.new.terminal:
-                    row.ended = e.ts
-        elif isinstance(e, ev.RestartDecided):
-            self._job.update(restarts_left=e.restarts_left, membership=e.membership_restarts)
+        self.console.print(*note_lines(text, e), sep="\n")
 
     def _finish(self, e: ev.RunFinished) -> None:
         self.stop()
@@ -146,41 +205,6 @@ class LiveConsole:
         self.console.print(Text(f"[elaunch {clock_text(e.ts)}] ", style="bold blue") + Text(lines[0], style=style))
         for line in lines[1:]:
             self.console.print(Text(line))
-
-    # -- status area ------------------------------------------------------------------------
-    def status(self) -> Group:
-        now = time.time()
-        j = self._job
-        job = Text.assemble(
-            ("elaunch ", "bold blue"),
-            f"run {self._run_id}  round {j['round']}  world size {j['world']}  ",
-            f"restarts left {j['restarts_left']}/{j['max_restarts']}",
-            f"  membership changes {j['membership']}" if j["membership"] else "",
-        )
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        for col in ("rank", "pid", "state", "restarts", "uptime", "cpu", "mem", "progress"):
-            table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=60 if col == "progress" else None)
-        for row in sorted(self._rows.values(), key=lambda r: r.global_rank)[:64]:
-            up = (row.ended or now) - row.started
-            cpu, mem = "", ""
-            if row.proc is not None and row.ended is None:
-                try:
-                    with row.proc.oneshot():
-                        cpu = f"{row.proc.cpu_percent(None):.0f}%"
-                        mem = f"{row.proc.memory_info().rss / 2**20:.0f}M"
-                except psutil.Error:
-                    pass
-            table.add_row(
-                Text(str(row.global_rank), style=_rank_style(row.global_rank)),
-                str(row.pid),
-                Text(row.state.value, style=STATE_STYLE.get(row.state, "")),
-                str(row.restart),
-                f"{up:.1f}s",
-                cpu,
-                mem,
-                row.progress,
-            )
-        return Group(job, table)
 
     def flush(self) -> None:
         self.plain.flush()
@@ -195,11 +219,19 @@ class LiveConsole:
         self.plain.close()
 
 
-class _Status:
-    """Rendered at each refresh, so uptimes and CPU figures are current."""
+def note_style(e: ev.Event) -> str:
+    """The highlight of an agent line: red for a failed worker, yellow for restarts and signals."""
+    if isinstance(e, ev.WorkerStateChanged) and e.new == WorkerState.FAILED:
+        return "bold red"
+    if isinstance(e, ev.RestartDecided | ev.SignalReceived):
+        return "bold yellow"
+    if isinstance(e, ev.Message) and e.level != "info":
+        return "yellow"
+    return "bold cyan"
 
-    def __init__(self, view: LiveConsole) -> None:
-        self._view = view
 
-    def __rich__(self) -> Group:
-        return self._view.status()
+def note_lines(text: str, e: ev.Event) -> list[Text]:
+    """`text` as stamped, highlighted agent lines."""
+    head = Text(f"[elaunch {clock_text(e.ts)}] ", style="bold blue")
+    style = note_style(e)
+    return [head + Text(line, style=style) for line in text.splitlines()]

@@ -1,7 +1,8 @@
 """Per-worker log files for `--redirects`/`--tee`: torchrun's layout, every line kept.
 
 Lines are written as the console gets them: bytes as the worker wrote them, except that a line
-redrawn with `\r` (a progress bar) is kept in its final state only, not as every redraw.
+redrawn with `\r` (a progress bar) is kept in its final state only, not as every redraw. The
+attempt (which `attempt_<k>` directory) is read from the run's view, not tracked here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import BinaryIO
 from elaunch import events as ev
 from elaunch.config import StdSpec
 from elaunch.rundir import RunDir
+from elaunch.runview import ViewSource
 
 NAMES = {1: "stdout.log", 2: "stderr.log"}
 
@@ -21,15 +23,22 @@ class LogFiles:
     """Writes each worker's streams to `attempt_<k>/<local_rank>/{stdout,stderr}.log` when asked to."""
 
     def __init__(
-        self, run_dir: RunDir, redirects: StdSpec, tee: StdSpec, filters: Mapping[int, tuple[str, ...]] | None = None
+        self,
+        run_dir: RunDir,
+        redirects: StdSpec,
+        tee: StdSpec,
+        filters: Mapping[int, tuple[str, ...]] | None = None,
+        *,
+        views: ViewSource,
     ) -> None:
         """`filters`: per stream, teed lines containing any of these strings also go, with a
-        `[rank]` prefix, to `attempt_<k>/filtered_{stdout,stderr}.log` (all ranks, as torchrun)."""
+        `[rank]` prefix, to `attempt_<k>/filtered_{stdout,stderr}.log` (all ranks, as torchrun).
+        `views`: the run's tracker, subscribed before this sink."""
         self._dir = run_dir
         self._redirects = redirects
         self._tee = tee
         self._needles = {s: tuple(n.encode() for n in ns) for s, ns in (filters or {}).items() if ns}
-        self._attempt = 0
+        self._views = views
         self._files: dict[tuple[int, int], BinaryIO] = {}
         self._filtered: dict[int, BinaryIO] = {}
 
@@ -45,13 +54,13 @@ class LogFiles:
             if needles and self._tee.for_rank(e.local_rank) & e.stream:
                 self._duplicate(e, needles)
         elif isinstance(e, ev.RendezvousStarted):
-            self._close_all()
-            self._attempt = e.attempt
+            self._close_all()  # a new attempt: its files are opened as its workers start
         elif isinstance(e, ev.WorkerStarted):
             mask = self._wanted(e.local_rank)
+            attempt = self._views.view.attempt
             for stream, name in NAMES.items():
                 if mask & stream:
-                    path = f"{self._dir.worker_dir(self._attempt, e.local_rank)}/{name}"
+                    path = f"{self._dir.worker_dir(attempt, e.local_rank)}/{name}"
                     self._files[(e.local_rank, stream)] = open(path, "ab")  # noqa: SIM115 - closed in close()
 
     def _duplicate(self, e: ev.WorkerOutput, needles: tuple[bytes, ...]) -> None:
@@ -67,7 +76,7 @@ class LogFiles:
         f.write(b"".join(prefix + line for line in lines))
 
     def _attempt_dir(self) -> str:
-        return os.path.join(self._dir.path, f"attempt_{self._attempt}")
+        return os.path.join(self._dir.path, f"attempt_{self._views.view.attempt}")
 
     def _close_all(self) -> None:
         for f in [*self._files.values(), *self._filtered.values()]:

@@ -1,16 +1,20 @@
-"""Rank assignment across nodes and roles, and each worker's environment and argv. Pure."""
+"""Rank assignment across nodes and roles, and each worker's plan (argv, environment). Pure."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 from elaunch.config import substitute_local_rank
 from elaunch.rendezvous.api import RendezvousInfo
+from elaunch.spec import WorkerPlan, WorkerSpec
+from elaunch.values import Value, value
+
+FIXED_ARGV = 1
+"""Leading items of the worker command that are not the user's (`${local_rank}` is not replaced there)."""
 
 
-@dataclass(frozen=True)
-class WorkerRanks:
+@value
+class WorkerRanks(Value):
     local_rank: int
     global_rank: int
     role_rank: int
@@ -96,3 +100,39 @@ def worker_env(
 def worker_argv(entry_argv: tuple[str, ...], n_fixed: int, local_rank: int) -> tuple[str, ...]:
     """The worker's argv: `${local_rank}` is replaced in the script's arguments only."""
     return entry_argv[:n_fixed] + substitute_local_rank(entry_argv[n_fixed:], local_rank)
+
+
+def worker_plans(
+    spec: WorkerSpec, info: RendezvousInfo, *, restart_count: int, error_file: Callable[[int], str]
+) -> list[WorkerPlan]:
+    """Every local worker's plan for one round: the one function behind both a run and --dry-run.
+
+    `error_file(local_rank)` names the worker's TORCHELASTIC_ERROR_FILE. Plans are in local-rank order.
+    """
+    out = []
+    for r in assign_ranks(info):
+        path = error_file(r.local_rank)
+        out.append(
+            WorkerPlan(
+                local_rank=r.local_rank,
+                global_rank=r.global_rank,
+                role_rank=r.role_rank,
+                world_size=r.world_size,
+                role_world_size=r.role_world_size,
+                argv=worker_argv((spec.entrypoint, *spec.args), FIXED_ARGV, r.local_rank),
+                env=worker_env(
+                    spec.env,
+                    r,
+                    info,
+                    role=spec.role,
+                    local_world_size=spec.local_world_size,
+                    restart_count=restart_count,
+                    max_restarts=spec.max_restarts,
+                    error_file=path,
+                    python=spec.python,
+                    virtual_local_rank=spec.virtual_local_rank,
+                ),
+                error_file=path,
+            )
+        )
+    return out

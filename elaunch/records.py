@@ -1,7 +1,8 @@
 """Machine-readable records of a run: `--events-file` (JSON lines) and `--summary-file` (JSON).
 
 Schemas are documented in docs/output.md. Both are written even when the job fails; the
-summary is written when the run finishes (atomically: a temp file renamed into place).
+summary is written when the run finishes (atomically: a temp file renamed into place), from
+the run's view (`summary_doc`, pure): this module keeps no state of the run itself.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import os
 from typing import IO, Any
 
 from elaunch import events as ev
+from elaunch.runview import RunView, ViewSource, WorkerRow
 from elaunch.signals import signal_name
-from elaunch.spec import WorkerFailure, WorkerState
+from elaunch.spec import RunResult, WorkerFailure
 
 SUMMARY_SCHEMA = "elaunch.summary/1"
 EVENTS_SCHEMA = "elaunch.events/1"
@@ -46,7 +48,7 @@ def event_record(e: ev.Event) -> dict[str, Any]:
             "bytes": len(e.data),
         }
     if isinstance(e, ev.RunFinished):
-        return {"event": "RunFinished", "ts": e.ts, **summary_core(e)}
+        return {"event": "RunFinished", "ts": e.ts, **summary_core(e.result, e.remote_failures)}
     rec: dict[str, Any] = {"event": type(e).__name__}
     for f in dataclasses.fields(e):
         rec[f.name] = _plain(getattr(e, f.name))
@@ -56,6 +58,7 @@ def event_record(e: ev.Event) -> dict[str, Any]:
 
 
 def failure_record(f: WorkerFailure | None) -> dict[str, Any] | None:
+    """A failure as the summary's `root_cause` object, or None."""
     if f is None:
         return None
     return {
@@ -75,15 +78,68 @@ def failure_record(f: WorkerFailure | None) -> dict[str, Any] | None:
     }
 
 
-def summary_core(e: ev.RunFinished) -> dict[str, Any]:
-    r = e.result
+def summary_core(result: RunResult, remote_failures: tuple[str, ...]) -> dict[str, Any]:
+    """How the run ended: the keys `RunFinished` records share with the summary."""
+    r = result
     return {
         "state": r.state.value,
         "exit_code": r.exit_code,
         "interrupted_by": signal_name(r.interrupted_by) if r.interrupted_by is not None else None,
         "message": r.message,
         "root_cause": failure_record(r.root_cause),
-        "remote_failures": list(e.remote_failures),
+        "remote_failures": list(remote_failures),
+    }
+
+
+def worker_record(w: WorkerRow) -> dict[str, Any]:
+    """One worker of one attempt as in the summary's `workers` (times in wall-clock seconds)."""
+    return {
+        "local_rank": w.local_rank,
+        "global_rank": w.global_rank,
+        "role_rank": w.role_rank,
+        "pid": w.pid,
+        "attempt": w.attempt,
+        "restart": w.restart,
+        "state": w.state.value,
+        "exit_code": w.exitcode,
+        "signal": signal_name(w.signal) if w.signal is not None else None,
+        "stopped_by_elaunch": w.stopped_by_agent,
+        "started_at": w.started,
+        "ended_at": w.ended,
+        "duration_s": w.ended - w.started if w.ended is not None else None,
+    }
+
+
+def summary_doc(view: RunView) -> dict[str, Any]:
+    """The `--summary-file` document (schema elaunch.summary/1) of a finished run's view.
+
+    Raises ValueError if the view has no `RunFinished` yet. The run's own keys (run_id ...
+    started_at) are absent when the run ended before it started (e.g. no rendezvous backend).
+    """
+    fin = view.finished
+    if fin is None:
+        raise ValueError("the run has not finished: no summary yet")
+    run: dict[str, Any] = {}
+    if view.run is not None:
+        r = view.run
+        run = {"run_id": r.run_id, "host": r.host, "role": r.role, "started_at": r.started_at,
+               "nproc_per_node": r.nproc_per_node, "min_nodes": r.min_nodes, "max_nodes": r.max_nodes,
+               "max_restarts": r.max_restarts}  # fmt: skip
+    rounds = [
+        {"round": x.round, "group_rank": x.group_rank, "nodes": x.group_world_size, "world_size": x.world_size,
+         "hosts": list(x.hosts), "duration_s": x.duration}
+        for x in view.rounds
+    ]  # fmt: skip
+    return {
+        "schema": SUMMARY_SCHEMA,
+        **run,
+        "finished_at": fin.ts,
+        "duration_s": fin.ts - run.get("started_at", fin.ts),
+        **summary_core(fin.result, fin.remote_failures),
+        "restarts": view.restart_count,
+        "membership_restarts": view.membership_restarts,
+        "rounds": rounds,
+        "workers": [worker_record(w) for w in sorted(view.all_workers, key=lambda w: (w.attempt, w.global_rank))],
     }
 
 
@@ -106,70 +162,19 @@ class EventsFile:
 
 
 class SummaryFile:
-    """Follows the run and writes one JSON document at its end."""
+    """Writes `summary_doc` of the tracker's view when the run finishes."""
 
-    def __init__(self, path: str, err: IO[bytes] | None = None) -> None:
+    def __init__(self, path: str, views: ViewSource, err: IO[bytes] | None = None) -> None:
+        """`views`: the run's tracker, subscribed before this sink; `err` hears of a failed write."""
         self._path = path
+        self._views = views
         self._err = err
-        self._run: dict[str, Any] = {}
-        self._workers: dict[tuple[int, int], dict[str, Any]] = {}
-        self._restarts = 0
-        self._membership = 0
-        self._rounds: list[dict[str, Any]] = []
-        self._attempt = 0
 
     def handle(self, e: ev.Event) -> None:
-        if isinstance(e, ev.RunStarted):
-            self._run = {"run_id": e.run_id, "host": e.host, "role": e.role, "started_at": e.ts,
-                         "nproc_per_node": e.nproc_per_node, "min_nodes": e.min_nodes, "max_nodes": e.max_nodes,
-                         "max_restarts": e.max_restarts}  # fmt: skip
-        elif isinstance(e, ev.RendezvousDone):
-            self._rounds.append({"round": e.round, "group_rank": e.group_rank, "nodes": e.group_world_size,
-                                 "world_size": e.world_size, "hosts": list(e.hosts), "duration_s": e.duration})  # fmt: skip
-        elif isinstance(e, ev.WorkerStarted):
-            # Keyed by attempt (rendezvous round on this node), not by restart count: membership
-            # restarts start new workers without using up a restart.
-            self._attempt = len(self._rounds) - 1
-            self._workers[(self._attempt, e.local_rank)] = {
-                "local_rank": e.local_rank,
-                "global_rank": e.global_rank,
-                "role_rank": e.role_rank,
-                "pid": e.pid,
-                "attempt": self._attempt,
-                "restart": e.restart,
-                "state": WorkerState.INIT.value,
-                "exit_code": None,
-                "signal": None,
-                "stopped_by_elaunch": False,
-                "started_at": e.ts,
-                "ended_at": None,
-                "duration_s": None,
-            }
-        elif isinstance(e, ev.WorkerStateChanged):
-            w = self._workers.get((self._attempt, e.local_rank))
-            if w is not None:
-                w["state"] = e.new.value
-                if e.new.terminal:
-                    w.update(exit_code=e.exitcode, signal=signal_name(e.signal) if e.signal is not None else None,
-                             stopped_by_elaunch=e.stopped_by_agent, ended_at=e.ts, duration_s=e.ts - w["started_at"])  # fmt: skip
-        elif isinstance(e, ev.RestartDecided):
-            self._restarts = e.restarts_used
-            self._membership = e.membership_restarts
-        elif isinstance(e, ev.RunFinished):
-            self._write(e)
+        if isinstance(e, ev.RunFinished):
+            self._write(summary_doc(self._views.view))
 
-    def _write(self, e: ev.RunFinished) -> None:
-        doc = {
-            "schema": SUMMARY_SCHEMA,
-            **self._run,
-            "finished_at": e.ts,
-            "duration_s": e.ts - self._run.get("started_at", e.ts),
-            **summary_core(e),
-            "restarts": self._restarts,
-            "membership_restarts": self._membership,
-            "rounds": self._rounds,
-            "workers": sorted(self._workers.values(), key=lambda w: (w["attempt"], w["global_rank"])),
-        }
+    def _write(self, doc: dict[str, Any]) -> None:
         tmp = f"{self._path}.tmp{os.getpid()}"
         try:
             with open(tmp, "w", encoding="utf-8") as f:

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
 import threading
 from collections.abc import Iterable
 from types import FrameType
+
+
+class SelfPipe:
+    """A non-blocking pipe that makes a selector return: `poke()` from any thread, `drain()` in the loop.
+
+    A pipe rather than a socket pair: same behaviour, and the agent never imports `socket` on one node.
+    """
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self.r
+
+    def poke(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is pending anyway
+            os.write(self.w, b"x")
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.r, 4096):
+                pass
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class SignalTrap:
@@ -18,15 +45,13 @@ class SignalTrap:
     """
 
     def __init__(self) -> None:
-        self._r, self._w = socket.socketpair()
-        self._r.setblocking(False)
-        self._w.setblocking(False)
+        self._pipe = SelfPipe()
         self._pending: list[int] = []
         self._old: dict[int, object] = {}
         self._old_wakeup: int | None = None
 
     def fileno(self) -> int:
-        return self._r.fileno()
+        return self._pipe.fileno()
 
     @property
     def active(self) -> bool:
@@ -37,17 +62,13 @@ class SignalTrap:
             return
         for sig in signums:
             self._old[sig] = signal.signal(sig, self._handler)
-        self._old_wakeup = signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
+        self._old_wakeup = signal.set_wakeup_fd(self._pipe.w, warn_on_full_buffer=False)
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self._pending.append(signum)
 
     def drain(self) -> list[int]:
-        try:
-            while self._r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._pipe.drain()
         out, self._pending = self._pending, []
         return out
 
@@ -61,8 +82,7 @@ class SignalTrap:
 
     def close(self) -> None:
         self.restore()
-        self._r.close()
-        self._w.close()
+        self._pipe.close()
 
 
 def signal_name(signum: int) -> str:

@@ -10,17 +10,17 @@ is not rank 0 of anything, and a multi-node allocation there means the user forg
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from elaunch.errors import ConfigError
+from elaunch.values import Value, value
 
 PORT_BASE = 29500
 PORT_SPAN = 20000
 """Rendezvous ports are PORT_BASE + job_id % PORT_SPAN: distinct for concurrent jobs on a host."""
 
 
-@dataclass(frozen=True)
-class SlurmStep:
+@value
+class SlurmStep(Value):
     job_id: str
     step_id: str
     nodes: tuple[str, ...]

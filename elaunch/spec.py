@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import enum
 import signal as _signal
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from elaunch.rendezvous.api import Rendezvous
+from elaunch.values import Value, value
+
+if TYPE_CHECKING:
+    from elaunch.config import EntryKind
 
 
 class WorkerState(str, enum.Enum):
@@ -53,28 +57,26 @@ class WorkerState(str, enum.Enum):
         return self in (WorkerState.SUCCEEDED, WorkerState.FAILED, WorkerState.STOPPED)
 
 
-EntrypointKind = Literal["python", "module", "run_path", "program"]
+@value
+class WorkerSpec(Value):
+    """What to run on this node: one per role; never mutated by the agent.
 
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What to run on this node: one per role; copied, never mutated, by the agent."""
+    `entrypoint` and `args` make the worker's command line (`${local_rank}` in `args` is
+    replaced per worker); `env` is the agent's environment, the base of every worker's.
+    """
 
     role: str
     local_world_size: int
     entrypoint: str
     args: tuple[str, ...] = ()
-    kind: EntrypointKind = "program"
-    rdzv_handler: Rendezvous | None = None
+    kind: EntryKind = "program"
+    """`program` runs as it is; the others are Python (they get PYTHONUNBUFFERED=1 unless set)."""
     max_restarts: int = 0
-    monitor_interval: float = 0.1
-    master_addr: str | None = None
-    master_port: int | None = None
-    local_addr: str | None = None
     shutdown_timeout: float = 30.0
+    """Seconds between the stop signal and SIGKILL, on every stop path (torchrun's --shutdown-timeout)."""
     exit_barrier_timeout: float = 300.0
     virtual_local_rank: bool = False
-    env: dict[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
     """Environment of the agent, captured once: the base every worker's environment starts from."""
 
     def __post_init__(self) -> None:
@@ -82,13 +84,30 @@ class WorkerSpec:
             raise ValueError(f"local_world_size must be > 0, got {self.local_world_size}")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
-        if self.monitor_interval <= 0:
-            raise ValueError(f"monitor_interval must be > 0, got {self.monitor_interval}")
+
+    @property
+    def python(self) -> bool:
+        return self.kind != "program"
+
+
+@value
+class WorkerPlan(Value):
+    """How to start one worker: its ranks, argv, complete environment and error file (pure data)."""
+
+    local_rank: int
+    global_rank: int
+    role_rank: int
+    world_size: int
+    role_world_size: int
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    error_file: str
+    """torch's TORCHELASTIC_ERROR_FILE for this worker (`@record` writes it)."""
 
 
 @dataclass
 class Worker:
-    """One worker process of this node; ranks are -1 until rank assignment."""
+    """One worker process of this node, its ranks, and where it stands in this generation."""
 
     local_rank: int
     global_rank: int = -1
@@ -97,6 +116,9 @@ class Worker:
     role_world_size: int = -1
     id: int | None = None
     """The pid once started."""
+    state: WorkerState = WorkerState.INIT
+    failure: WorkerFailure | None = None
+    """Why it ended badly (exit code, signal, traceback), once it did; None while running or after exit 0."""
 
 
 @dataclass
@@ -114,9 +136,25 @@ class WorkerGroup:
     store: Any = None
     """The rendezvous store when the backend has one (c10d, etcd), as torch's `WorkerGroup.store`."""
 
+    def worker(self, local_rank: int) -> Worker | None:
+        for w in self.workers:
+            if w.local_rank == local_rank:
+                return w
+        return None
 
-@dataclass(frozen=True)
-class WorkerFailure:
+    @property
+    def failures(self) -> dict[int, WorkerFailure]:
+        """Failures of this generation, keyed by global rank (workers the agent stopped included)."""
+        return {w.global_rank: w.failure for w in self.workers if w.failure is not None}
+
+    @property
+    def return_values(self) -> dict[int, int]:
+        """0 for every worker that exited 0, keyed by global rank."""
+        return {w.global_rank: 0 for w in self.workers if w.state == WorkerState.SUCCEEDED}
+
+
+@value
+class WorkerFailure(Value):
     """Why one worker ended badly; `timestamp` (wall clock, seconds) orders failures in time."""
 
     local_rank: int
@@ -150,8 +188,8 @@ class WorkerFailure:
         return self.exitcode if self.exitcode is not None else 1
 
 
-@dataclass(frozen=True)
-class RunResult:
+@value
+class RunResult(Value):
     """Outcome of a run; `failures` and `return_values` are keyed by global rank."""
 
     state: WorkerState
@@ -168,10 +206,7 @@ class RunResult:
     @property
     def root_cause(self) -> WorkerFailure | None:
         """The first failure in time that the agent did not cause itself."""
-        own = [f for f in self.failures.values() if not f.stopped_by_agent]
-        if not own:
-            return None
-        return min(own, key=lambda f: (f.timestamp, f.global_rank))
+        return root_cause(self.failures.values())
 
     @property
     def exit_code(self) -> int:
@@ -185,3 +220,9 @@ class RunResult:
             code = cause.shell_code
             return code if code != 0 else 1
         return 1
+
+
+def root_cause(failures: Iterable[WorkerFailure]) -> WorkerFailure | None:
+    """The first failure in time that the agent did not cause itself (ties: the lowest global rank)."""
+    own = [f for f in failures if not f.stopped_by_agent]
+    return min(own, key=lambda f: (f.timestamp, f.global_rank)) if own else None

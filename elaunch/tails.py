@@ -1,7 +1,7 @@
-"""The last lines each worker printed, kept to explain a failure: traceback and context.
+"""What explains a worker's end: the last lines it printed, its traceback and torch's error file.
 
-A sink on the bus; the agent asks it for a worker's traceback (from stderr, no `@record`
-needed) and last lines when it builds a `WorkerFailure`. Also reads torch's error file.
+Kept at the process edge (workers.py feeds each worker's `OutputTail` as it reads the pipes) so
+that an `Exit` reaches the agent already explained; no `@record` is needed for a traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from elaunch.events import Event, WorkerOutput
+from elaunch.values import Value, value
 
 TAIL_LINES = 400
 LAST_LINES = 12
@@ -18,40 +18,42 @@ _RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
 group exists (distributed_c10d.py), so a DDP worker's traceback starts `[rank0]: Traceback ...`."""
 
 
-class OutputTails:
-    """Keeps the last `TAIL_LINES` lines of each local rank's stderr and of its combined output."""
+@value
+class Explanation(Value):
+    """Why a worker ended as it did, in its own words: torch's error file first, else its output."""
+
+    traceback: str | None = None
+    error_message: str | None = None
+    """The error file's message (`Type: msg`), when the worker wrote one."""
+    last_lines: tuple[str, ...] = ()
+
+
+class OutputTail:
+    """The last `TAIL_LINES` lines of one worker's stderr and of its combined output."""
 
     def __init__(self) -> None:
-        self._err: dict[int, deque[bytes]] = {}
-        self._all: dict[int, deque[bytes]] = {}
+        self._err: deque[bytes] = deque(maxlen=TAIL_LINES)
+        self._all: deque[bytes] = deque(maxlen=TAIL_LINES)
 
-    def reset(self) -> None:
-        self._err.clear()
-        self._all.clear()
-
-    def handle(self, event: Event) -> None:
-        if not isinstance(event, WorkerOutput):
-            return
-        lines = event.data.splitlines()
+    def feed(self, stream: int, data: bytes) -> None:
+        """Whole lines `data` (one or more, newline-terminated) read from `stream` (1 or 2)."""
+        lines = data.splitlines()
         if len(lines) > TAIL_LINES:
             lines = lines[-TAIL_LINES:]
-        self._all.setdefault(event.local_rank, deque(maxlen=TAIL_LINES)).extend(lines)
-        if event.stream == 2:
-            self._err.setdefault(event.local_rank, deque(maxlen=TAIL_LINES)).extend(lines)
+        self._all.extend(lines)
+        if stream == 2:
+            self._err.extend(lines)
 
-    def flush(self) -> None:
-        pass
+    def last_lines(self, n: int = LAST_LINES) -> tuple[str, ...]:
+        return tuple(x.decode(errors="replace") for x in list(self._all)[-n:])
 
-    def close(self) -> None:
-        pass
+    def traceback(self) -> str | None:
+        return extract_traceback([_RANK_PREFIX.sub("", x.decode(errors="replace")) for x in self._err])
 
-    def last_lines(self, local_rank: int, n: int = LAST_LINES) -> tuple[str, ...]:
-        lines = list(self._all.get(local_rank, ()))[-n:]
-        return tuple(x.decode(errors="replace") for x in lines)
-
-    def traceback(self, local_rank: int) -> str | None:
-        lines = [_RANK_PREFIX.sub("", x.decode(errors="replace")) for x in self._err.get(local_rank, ())]
-        return extract_traceback(lines)
+    def explain(self, error_file: str | None) -> Explanation:
+        """The error file's message and traceback when there is one, else the traceback on stderr."""
+        message, tb = read_error_file(error_file) if error_file else (None, None)
+        return Explanation(traceback=tb or self.traceback(), error_message=message, last_lines=self.last_lines())
 
 
 def extract_traceback(lines: list[str]) -> str | None:

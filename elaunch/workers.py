@@ -9,40 +9,34 @@ through pidfds and output through the same selector: `wait` blocks until somethi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
 import selectors
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from elaunch.errors import WorkerStartError
 from elaunch.events import Bus, WorkerOutput, WorkerProgress
 from elaunch.logs import LineBuffer
 from elaunch.reaper import Reaper
-from elaunch.signals import SignalTrap, kill_group
+from elaunch.signals import SelfPipe, SignalTrap, kill_group
+from elaunch.spec import WorkerPlan
+from elaunch.tails import Explanation, OutputTail
+from elaunch.values import Value, value
 
 F_SETPIPE_SZ = 1031
 PR_SET_PDEATHSIG = 1
 
 
-@dataclass(frozen=True)
-class WorkerPlan:
-    """How to start one worker: its ranks, argv and complete environment."""
-
-    local_rank: int
-    global_rank: int
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Exit:
-    """A worker's end: `exitcode` when it exited, `signal` when a signal killed it."""
+@value
+class Exit(Value):
+    """A worker's end: `exitcode` when it exited, `signal` when a signal killed it; `ts` is wall-clock
+    seconds (ordered: a later exit never has an earlier ts). `why` is read here, at the edge."""
 
     local_rank: int
     global_rank: int
@@ -50,6 +44,7 @@ class Exit:
     exitcode: int | None
     signal: int | None
     ts: float
+    why: Explanation = field(default_factory=Explanation)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +67,7 @@ class _Proc:
     pidfd: int | None
     fds: dict[int, int]
     bufs: dict[int, LineBuffer]
+    tail: OutputTail = field(default_factory=OutputTail)
     exit: Exit | None = None
 
 
@@ -102,10 +98,8 @@ class LocalProcesses:
         self._trap = trap
         self._reaper = reaper
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake",))
+        self._wake = SelfPipe()
+        self._sel.register(self._wake.fileno(), selectors.EVENT_READ, ("wake",))
         if trap is not None:
             self._sel.register(trap.fileno(), selectors.EVENT_READ, ("signal",))
         self._procs: dict[int, _Proc] = {}
@@ -174,8 +168,7 @@ class LocalProcesses:
 
     def wake(self) -> None:
         """Make a blocked `wait` return; safe from any thread."""
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"x")
+        self._wake.poke()
 
     def wait(self, timeout: float | None) -> Wakeup:
         """Block until a worker exits, a signal is caught, `wake` is called, or `timeout` passes.
@@ -215,9 +208,7 @@ class LocalProcesses:
         elif kind == "exit":
             self._reap(tag[1], result)  # type: ignore[arg-type]
         elif kind == "wake":
-            with contextlib.suppress(BlockingIOError):
-                while self._wake_r.recv(4096):
-                    pass
+            self._wake.drain()
             result.woken = True
         elif kind == "signal" and self._trap is not None:
             result.signals.extend(self._trap.drain())
@@ -241,6 +232,7 @@ class LocalProcesses:
         lines, progress = proc.bufs[stream].feed(data)
         gr = proc.plan.global_rank
         if lines:
+            proc.tail.feed(stream, lines)
             self._bus.publish(WorkerOutput(local_rank=local_rank, global_rank=gr, stream=stream, data=lines))
         if progress is not None:
             self._bus.publish(WorkerProgress(local_rank=local_rank, global_rank=gr, stream=stream, text=progress))
@@ -252,6 +244,7 @@ class LocalProcesses:
             self._sel.unregister(fd)
         rest = proc.bufs[stream].flush()
         if rest:
+            proc.tail.feed(stream, rest)
             self._bus.publish(
                 WorkerOutput(
                     local_rank=proc.plan.local_rank, global_rank=proc.plan.global_rank, stream=stream, data=rest
@@ -291,6 +284,7 @@ class LocalProcesses:
             exitcode=rc if rc >= 0 else None,
             signal=-rc if rc < 0 else None,
             ts=ts,
+            why=proc.tail.explain(proc.plan.error_file),
         )
         proc.exit = ex
         result.exits.append(ex)
@@ -331,6 +325,9 @@ class LocalProcesses:
         for proc in self._procs.values():
             for stream in list(proc.fds):
                 self._close_stream(proc, stream)
+        # What was read since those workers were reaped belongs to their explanation too.
+        exits = [self._explained(ex) for ex in result.exits]
+        for proc in self._procs.values():
             if proc.pidfd is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self._sel.unregister(proc.pidfd)
@@ -339,10 +336,13 @@ class LocalProcesses:
                 self._reaper.unwatch(proc.popen.pid)
         self._bus.flush()
         self._procs.clear()
-        return result.exits
+        return exits
+
+    def _explained(self, ex: Exit) -> Exit:
+        proc = self._procs[ex.local_rank]
+        return dataclasses.replace(ex, why=proc.tail.explain(proc.plan.error_file))
 
     def close(self) -> None:
         self.release()
         self._sel.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wake.close()

@@ -7,8 +7,10 @@
 
 Measures (median and min–max over --reps repetitions, launchers interleaved per repetition):
 
-* wall time of a trivial script (`print` only), `--standalone`, 1/4/16 workers; floor: that many
-  plain `python script.py` processes started together;
+* wall time of a trivial script (`print` only), `--standalone`, 1/4/16 workers; floors: that many
+  plain `python script.py` processes started together, and the same job under
+  scripts/minimal_launcher.py (torchrun's worker variables, a session per worker, wait: the least
+  a launcher does), printed in a second table with the ratio elaunch/minimal;
 * start to the first line of user code: the worker prints `time.time()` as its first statement,
   compared with `time.time()` just before Popen of the launcher (1 worker);
 * restart latency: rank 0 crashes with `os._exit(1)` on the first attempt (printing its
@@ -37,6 +39,9 @@ from typing import Any
 
 import benchlib as bl  # scripts/ is on sys.path when run as `python scripts/bench_launch.py`
 import psutil
+
+MINIMAL = [bl.PYTHON, str(bl.ROOT / "scripts" / "minimal_launcher.py")]
+"""The floor launcher: no torch, no elaunch import; takes `--standalone --nproc-per-node N script`."""
 
 TRIVIAL = 'print("hello")\n'
 
@@ -91,6 +96,8 @@ time.sleep(SLEEP_S)
 print(f"T_WAKE={time.time():.6f}", flush=True)
 """
 
+MINIMAL_TARGET = 1.15
+"""elaunch's wall time for 4 workers, at most this many times the minimal launcher's."""
 CRASH_DELAY = 0.6
 """Rank 0 crashes this long after starting, so both workers run and the agent is idle by then."""
 SLEEP_S = 3.0
@@ -166,6 +173,9 @@ class Bench:
         plain = [[bl.PYTHON, self.scripts["trivial"]]] * nproc
         r = self.run(plain, 60, "python")
         self.record(key, "python", r.elapsed if r.ok and r.out.count(b"hello") == nproc else None)
+        minimal = [*MINIMAL, "--standalone", "--nproc-per-node", str(nproc), self.scripts["trivial"]]
+        r = self.run([minimal], 60, "minimal")
+        self.record(key, "minimal", r.elapsed if r.ok and r.out.count(b"hello") == nproc else None)
 
     def first_line(self) -> None:
         for name in [*self.launchers(), "python"]:
@@ -277,6 +287,7 @@ class Bench:
         bl.log("warm-up (bytecode caches, page cache)")
         for name in self.launchers():
             self.run([self.launch_argv(name, 1, self.scripts["trivial"])], 120, "warmup")
+        self.run([[*MINIMAL, "--standalone", "--nproc-per-node", "1", self.scripts["trivial"]]], 60, "warmup")
         for rep in range(self.args.reps):
             for key, fn in steps:
                 bl.log(f"[rep {rep + 1}/{self.args.reps}] {key}")
@@ -470,6 +481,33 @@ def build_table(b: Bench) -> tuple[str, dict[str, Any]]:
     return bl.md_table(headers, rows), summary
 
 
+def build_floor_table(b: Bench) -> tuple[str, dict[str, Any]]:
+    """elaunch against the minimal launcher, wall time of the trivial job: what elaunch adds to the least a launcher does."""
+    rows: list[list[str]] = []
+    summary: dict[str, Any] = {}
+    for n in b.args.workers:
+        key = f"wall_{n}"
+        if key not in b.raw:
+            continue
+        e, m = bl.stats(b.raw[key].get("elaunch", [])), bl.stats(b.raw[key].get("minimal", []))
+        r = bl.ratio(e, m)
+        target = f"≤ {MINIMAL_TARGET:g}× minimal" if n == 4 else "—"
+        met = None if n != 4 or r is None else r <= MINIMAL_TARGET
+        label = f"wall time, trivial script, {n} worker{'s' if n > 1 else ''}"
+        rows.append([label, bl.fmt_seconds(e), bl.fmt_seconds(m), bl.fmt_ratio(r), target,
+                     "—" if met is None else ("yes" if met else "**no**")])  # fmt: skip
+        summary[key] = {"label": label, "elaunch": e, "minimal": m, "ratio": r, "target": target, "met": met}
+    headers = [
+        "measure",
+        "elaunch: median (min–max)",
+        "minimal launcher: median (min–max)",
+        "ratio e/m",
+        "target",
+        "met?",
+    ]
+    return bl.md_table(headers, rows), summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -497,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         b.notes += bl.preflight(p, b.cmd, args.keep_python_env)
         b.execute()
         table, summary = build_table(b)
+        floor_table, summary["minimal_launcher"] = build_floor_table(b)
     finally:
         b.close()
         bl.check_no_children()
@@ -527,8 +566,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print()
+    if summary["minimal_launcher"]:
+        floor_title = "## elaunch vs a minimal launcher (scripts/minimal_launcher.py), same run"
+        print(floor_title)
+        print()
+        print(floor_table)
+        print()
+        table += f"\n\n{floor_title}\n\n{floor_table}"
     return bl.finish(
-        "launch", args, b.cmd, b.notes, total, table,
+        "launch", args, {**b.cmd, "minimal": MINIMAL}, b.notes, total, table,
         subreaper=subreaper, load_average=load_info, summary=summary, raw=b.raw,
     )  # fmt: skip
 

@@ -45,6 +45,8 @@ from typing import Any
 
 import benchlib as bl  # scripts/ is on sys.path when run as `python scripts/bench_recovery.py`
 import psutil
+from testbed import WaitTimeout, free_port, wait_until
+from testbed.procs import alive, descendants, kill_pids
 
 NODES = ("a", "b", "c")
 STORE_NODE = "a"
@@ -146,9 +148,9 @@ class Trial:
 
     def store_host(self) -> str | None:
         for name, n in self.nodes.items():
-            for p in tree(n.run.pid):
+            for pid in [n.run.pid, *descendants([n.run.pid])]:
                 with contextlib.suppress(psutil.Error):
-                    for c in p.net_connections(kind="tcp"):
+                    for c in psutil.Process(pid).net_connections(kind="tcp"):
                         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port:
                             return name
         return None
@@ -158,7 +160,7 @@ class Trial:
         limit = self.b.limit(self.name)
         try:
             self.start(STORE_NODE)
-            if not wait_port(self.port, time.monotonic() + SETUP_TIMEOUT, self.nodes[STORE_NODE].run):
+            if not wait_port(self.port, SETUP_TIMEOUT, self.nodes[STORE_NODE].run):
                 return self._fail(res, "the first node never served the rendezvous port")
             for node in NODES:
                 if node != STORE_NODE:
@@ -179,11 +181,11 @@ class Trial:
                 res["round0"] = {n: vars(s) for n, s in before.items() if s}
                 res["setup_starts"] = {n: len(self.nodes[n].starts) for n in NODES}
             res["victim"], res["survivors"] = victim, survivors
-            victims = tree(self.nodes[victim].run.pid)
+            victims = [self.nodes[victim].run.pid, *descendants([self.nodes[victim].run.pid])]
             t_kill = time.time()
             kill_node(self.nodes[victim].run.pid, victims)
             res["t_kill"] = t_kill
-            res["killed_pids"] = [p.pid for p in victims]
+            res["killed_pids"] = victims
             bl.log(f"    {self.name}: killed node {victim} ({len(victims)} processes); waiting up to {limit:g} s")
 
             def new_start(n: str) -> Start | None:
@@ -196,7 +198,7 @@ class Trial:
                 new = {n: new_start(n) for n in survivors}
             res["new_starts"] = {n: vars(s) if s else None for n, s in new.items()}
             res["alive_at_end"] = {n: self.nodes[n].run.procs[0].poll() is None for n in survivors}
-            res["round0_workers_alive_at_end"] = {n: alive(before[n]) for n in survivors}
+            res["round0_workers_alive_at_end"] = {n: worker_alive(before[n]) for n in survivors}
             res["watched_s"] = t_end - t_kill
             got = [s.t - t_kill for s in new.values() if s]
             res["first"] = min(got) if got else None
@@ -223,7 +225,7 @@ class Trial:
 
     def _close(self, res: dict[str, Any]) -> None:
         for n in self.nodes.values():
-            kill_node(n.run.pid, tree(n.run.pid))
+            kill_node(n.run.pid, [n.run.pid, *descendants([n.run.pid])])
         for n in self.nodes.values():  # reap each agent here: Run.finish reaps every descendant
             bl.wait_exit(n.run.procs[0], 10)
         errs: dict[str, str] = {}
@@ -271,47 +273,31 @@ def elaunch_milestones(errs: dict[str, str], t_kill: float, survivors: list[str]
 
 
 # -- processes -----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def wait_port(port: int, timeout: float, run: bl.Run) -> bool:
+    """True once 127.0.0.1:port accepts TCP; False after `timeout` s or when the process exits."""
 
-
-def wait_port(port: int, deadline: float, run: bl.Run) -> bool:
-    """True once 127.0.0.1:port accepts TCP; False at the deadline or when the process exits."""
-    while time.monotonic() < deadline:
-        if run.procs[0].poll() is not None:
-            return False
+    def up_or_exited() -> str | None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-        time.sleep(0.05)
-    return False
+            return "up"
+        return "exited" if run.procs[0].poll() is not None else None
 
-
-def alive(s: Start | None) -> bool:
-    """Is this worker still running (not a zombie)?"""
     try:
-        return s is not None and psutil.Process(s.pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+        return wait_until(up_or_exited, timeout, f"port {port}", interval=0.05) == "up"
+    except WaitTimeout:
         return False
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
+def worker_alive(s: Start | None) -> bool:
+    """Is this worker still running (not a zombie)?"""
+    return s is not None and alive(s.pid)
 
 
-def kill_node(pid: int, procs: list[psutil.Process]) -> None:
+def kill_node(pid: int, victims: list[int]) -> None:
     """SIGKILL a node: the agent's process group (it leads its own session), then every process of
-    its tree (collected before, so nothing escapes by being re-parented)."""
+    its tree (`victims`, collected before, so nothing escapes by being re-parented)."""
     with contextlib.suppress(OSError):
         os.killpg(pid, signal.SIGKILL)
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
+    kill_pids(victims)
 
 
 def torch_defaults() -> dict[str, Any] | None:

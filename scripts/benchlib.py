@@ -1,4 +1,4 @@
-"""Shared helpers for scripts/bench_launch.py and scripts/bench_logs.py.
+"""Shared helpers for the launcher benchmarks (scripts/bench_*.py); process trees come from testbed.procs.
 
 * launcher commands (the console scripts next to this interpreter, not pyenv shims);
 * a private work dir (worker scripts + TMPDIR for the launchers), removed at the end together
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import psutil
+from testbed.procs import cmdline, descendants, kill_pids, kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench-results"
@@ -83,35 +84,12 @@ def reap_strays() -> list[str]:
     Call only when no `Run` is in flight: everything still below us then is something a launcher
     left behind. Zombies (already exited orphans) are reaped but not reported.
     """
-    me = psutil.Process()
-    try:
-        procs = me.children(recursive=True)
-    except psutil.Error:
-        return []
-    left: list[str] = []
-    for p in procs:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"pid {p.pid}: {' '.join(p.cmdline())[:120]}")
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=5)
+    strays = descendants([os.getpid()])
+    left = [f"pid {pid}: {(cmdline(pid) or '?')[:120]}" for pid in strays]
+    kill_pids(strays)
+    with contextlib.suppress(psutil.Error):  # orphans re-parented to us (subreaper) are reaped here
+        psutil.wait_procs(psutil.Process().children(), timeout=5)
     return left
-
-
-def kill_tree(pids: Iterable[int]) -> None:
-    """SIGKILL these processes and all their descendants, by PID (children first collected)."""
-    victims: list[psutil.Process] = []
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            victims += [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-    for p in victims:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
 
 
 # -- work dir ------------------------------------------------------------------------------------

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-import time
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import kill_all, procs_with
+from scripts.testbed import WaitTimeout, wait_until
+from scripts.testbed.procs import cmdline, kill_pids, pids_mentioning
 
-# The test bed (fake hosts, etcd, SLURM) lives in scripts/testbed; its fixtures serve every test.
-_SCRIPTS = str(Path(__file__).resolve().parents[1] / "scripts")
-if _SCRIPTS not in sys.path:
-    sys.path.insert(0, _SCRIPTS)
-_fixtures = importlib.import_module("testbed.fixtures")
-netns_cluster = _fixtures.netns_cluster
-etcd_factory = _fixtures.etcd_factory
-etcd_server = _fixtures.etcd_server
-slurm_cluster = _fixtures.slurm_cluster
+# The test bed's fixtures (fake hosts, etcd, SLURM) serve every test.
+pytest_plugins = ["scripts.testbed.fixtures"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,13 +27,12 @@ def no_leftovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     yield
     # A SIGKILLed process needs a moment to die: wait for it, bounded, before calling it a leak.
-    deadline = time.monotonic() + 5
-    left = procs_with(str(tmp_path))
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = procs_with(str(tmp_path))
-    kill_all(left)
-    assert not left, f"processes left behind: {[(p.pid, p.info.get('cmdline')) for p in left]}"
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: not pids_mentioning(str(tmp_path)), 5, "the test's processes to exit", interval=0.05)
+    left = pids_mentioning(str(tmp_path))
+    described = [(pid, cmdline(pid)) for pid in left]
+    kill_pids(left)
+    assert not left, f"processes left behind: {described}"
     # torch's compile cache (torchinductor_<user>) belongs to the worker, not to elaunch.
     leftover = sorted(p.name for p in tmpdir.iterdir() if not p.name.startswith("torchinductor_"))
     assert not leftover, f"temporary files left behind in TMPDIR: {leftover}"

@@ -1,4 +1,4 @@
-"""``python -m testbed up|down``: bring a test bed up by hand for debugging, or clean up.
+"""``python -m scripts.testbed up|down`` (from the repository root): a test bed by hand, or clean up.
 
 ``up`` holds the cluster until Ctrl-C/SIGTERM and then tears it down; ``down``
 removes what a killed run left (namespaces, etcd, SLURM of dead owner PIDs).
@@ -52,7 +52,7 @@ def _down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run ``up`` or ``down``."""
-    p = argparse.ArgumentParser(prog="python -m testbed")
+    p = argparse.ArgumentParser(prog="python -m scripts.testbed")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start fake hosts (and etcd/SLURM) until Ctrl-C")
     up.add_argument("--hosts", type=int, default=2)

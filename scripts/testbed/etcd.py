@@ -7,22 +7,19 @@ PID (``elt-etcd-<pid>-*``) so a killed run's leftovers can be found and removed.
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.request
 from typing import Any, Self
 
-from . import Managed, TestbedError, WaitTimeout, wait_until
+from . import Managed, TestbedError, WaitTimeout, free_port, wait_until
 from .netns import Cluster
-from .procs import alive, kill_pids, pids_mentioning, stop_popen
+from .procs import remove_orphaned_dirs, stop_popen
 
-__all__ = ["EtcdServer", "available", "cleanup_stale", "free_port"]
+__all__ = ["EtcdServer", "available", "cleanup_stale"]
 
 TMP_PREFIX = "elt-etcd-"
 
@@ -33,13 +30,6 @@ def available() -> tuple[bool, str]:
     if shutil.which("etcd") is None:
         return False, "'etcd' not found (run scripts/testbed/install.sh: etcd-server)"
     return True, "ok"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the caller must cope with a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class EtcdServer(Managed):
@@ -142,6 +132,7 @@ class EtcdServer(Managed):
                 self._healthy,
                 self.start_timeout,
                 f"etcd on {self.client_url} to be healthy",
+                max_interval=0.5,
             )
         except WaitTimeout as exc:
             raise TestbedError(f"{exc}; log tail:\n{self.log_tail()}") from exc
@@ -183,12 +174,4 @@ class EtcdServer(Managed):
 
 def cleanup_stale() -> list[str]:
     """Kill etcds and remove temp dirs left by dead test processes; return the dirs removed."""
-    removed: list[str] = []
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{TMP_PREFIX}*")):
-        m = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", os.path.basename(path))
-        if m is None or alive(int(m.group(1))):
-            continue
-        kill_pids(pids_mentioning(path + os.sep), timeout=5.0)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    return remove_orphaned_dirs(TMP_PREFIX)

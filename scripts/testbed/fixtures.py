@@ -1,4 +1,4 @@
-"""Reusable pytest fixtures for the test bed; a conftest imports the ones it needs.
+"""Pytest fixtures for the test bed; tests/conftest.py loads them as a plugin (``pytest_plugins``).
 
 Each fixture skips (with the ``available()`` reason) where the machine cannot
 provide it and tears down everything it made, even when the test fails.

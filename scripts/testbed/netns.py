@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 from . import Managed, TestbedError
-from .procs import alive, descendants, kill_pids
+from .procs import alive, descendants, kill_pids, kill_tree
 
 __all__ = ["Cluster", "available", "cleanup_stale", "list_namespaces", "nft_available"]
 
@@ -116,7 +116,7 @@ def _remove_prefix(prefix: str, namespaces: Sequence[str]) -> None:
         pids = {p for ns in namespaces for p in _ns_pids(ns)}
         if not pids:
             break
-        kill_pids(pids | set(descendants(pids)), timeout=5.0)
+        kill_tree(pids, timeout=5.0)
     # The root-side host link first: it would otherwise vanish only asynchronously.
     _run(["ip", "link", "del", f"{prefix}h0"], check=False)
     for ns in namespaces:
@@ -356,7 +356,7 @@ class Cluster(Managed):
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_pids([proc.pid, *descendants([proc.pid])], timeout=5.0)
+            kill_tree([proc.pid], timeout=5.0)
             proc.communicate(timeout=5.0)
             raise
         res = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)

@@ -1,71 +1,65 @@
-"""Process helpers over /proc: find descendants and kill them by PID.
+"""Process trees for tests, the test bed and benchmarks (psutil): find descendants, kill them by PID.
 
-The test bed must kill only what it started, never by name, and must not hang
-on a process that refuses to die; these helpers do exactly that, bounded.
+Kill only what you started, never by name, and never hang on a process that refuses to die:
+every function here is bounded in time. A zombie counts as dead (it holds no resources; its
+parent reaps it).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable
 
+import psutil
+
 __all__ = [
     "alive",
-    "children_map",
+    "cmdline",
     "descendants",
     "kill_pids",
+    "kill_tree",
     "pids_mentioning",
+    "remove_orphaned_dirs",
     "stop_popen",
 ]
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """Return (state, ppid) of ``pid`` or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    rest = data.rsplit(")", 1)[-1].split()
-    if len(rest) < 2:
-        return None
-    return rest[0], int(rest[1])
-
-
 def alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (a zombie holds no resources)."""
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
-def children_map() -> dict[int, list[int]]:
-    """Map each PID to its children's PIDs, from one scan of /proc."""
-    result: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        st = _stat(int(name))
-        if st is not None:
-            result.setdefault(st[1], []).append(int(name))
-    return result
+def cmdline(pid: int) -> str | None:
+    """The command line of ``pid`` as one string, None if it is gone."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return None
 
 
 def descendants(roots: Iterable[int]) -> list[int]:
-    """All living descendants of ``roots`` (not the roots themselves)."""
-    cmap = children_map()
+    """All living descendants of ``roots`` (not the roots themselves), each once."""
     seen: set[int] = set()
-    stack = list(roots)
     out: list[int] = []
-    while stack:
-        for child in cmap.get(stack.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                out.append(child)
-                stack.append(child)
+    for root in roots:
+        try:
+            kids = psutil.Process(root).children(recursive=True)
+        except psutil.Error:
+            continue
+        for kid in kids:
+            if kid.pid not in seen:
+                seen.add(kid.pid)
+                out.append(kid.pid)
     return [p for p in out if alive(p)]
 
 
@@ -85,11 +79,18 @@ def kill_pids(pids: Iterable[int], timeout: float = 5.0, sig: int = signal.SIGKI
         time.sleep(0.02)
 
 
+def kill_tree(roots: Iterable[int], timeout: float = 5.0) -> list[int]:
+    """SIGKILL ``roots`` and their descendants (collected before the signal, so none escapes by
+    being re-parented); wait up to ``timeout`` s and return the PIDs still alive."""
+    roots = list(roots)
+    return kill_pids([*roots, *descendants(roots)], timeout=timeout)
+
+
 def stop_popen(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 5.0) -> None:
     """Stop ``proc`` and its descendants: SIGTERM, then SIGKILL after ``grace`` s, then reap.
 
     Descendants are collected before the signal because they are reparented
-    (and lost to a PPID walk) as soon as their parent exits.
+    (and lost to a tree walk) as soon as their parent exits.
     """
     if proc.poll() is None:
         kids = descendants([proc.pid])
@@ -102,7 +103,7 @@ def stop_popen(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: flo
         except subprocess.TimeoutExpired:
             kids += descendants([proc.pid])
             proc.kill()
-        kill_pids(kids + descendants(kids), timeout=grace)
+        kill_tree(kids, timeout=grace)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
@@ -110,21 +111,31 @@ def stop_popen(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: flo
 
 
 def pids_mentioning(text: str) -> list[int]:
-    """PIDs of living processes one of whose argv words contains ``text``.
+    """PIDs of living processes (not this one) one of whose argv words contains ``text``.
 
-    Used only to find processes whose command line names a temp dir this test
-    bed created (unique per owner PID), so it never matches a foreign process.
+    Used only with text unique to its caller (a temp dir it created), so it never matches a
+    foreign process.
     """
     found: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        key = text.encode()
-        if any(key in a for a in args) and alive(int(name)):
-            found.append(int(name))
+        if any(text in word for word in p.info["cmdline"] or ()):
+            found.append(p.pid)
     return found
+
+
+def remove_orphaned_dirs(prefix: str) -> list[str]:
+    """Temp dirs ``<prefix><owner pid>-*`` whose owner died: kill what runs from them, remove them.
+
+    Returns the dirs removed. The processes killed are those whose argv names the dir.
+    """
+    removed: list[str] = []
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{glob.escape(prefix)}*")):
+        m = re.match(rf"{re.escape(prefix)}(\d+)-", os.path.basename(path))
+        if m is None or alive(int(m.group(1))):
+            continue
+        kill_pids(pids_mentioning(path + os.sep), timeout=5.0)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

@@ -18,10 +18,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Self
 
-from . import Managed, TestbedError, WaitTimeout, wait_until
-from .etcd import free_port
+from . import Managed, TestbedError, WaitTimeout, free_port, wait_until
 from .netns import Cluster
-from .procs import alive, descendants, kill_pids, pids_mentioning, stop_popen
+from .procs import descendants, kill_pids, pids_mentioning, remove_orphaned_dirs, stop_popen
 
 __all__ = ["TERMINAL_STATES", "SlurmCluster", "available", "cleanup_stale"]
 
@@ -268,7 +267,7 @@ class SlurmCluster(Managed):
             return bool(cond())
 
         try:
-            wait_until(check, self.start_timeout, what)
+            wait_until(check, self.start_timeout, what, max_interval=0.5)
         except (WaitTimeout, TestbedError) as exc:
             logs = "\n".join(
                 f"--- {os.path.basename(p)}\n{self.log_tail(os.path.basename(p))}"
@@ -343,7 +342,7 @@ class SlurmCluster(Managed):
             return state if state in TERMINAL_STATES else None
 
         try:
-            return wait_until(done, timeout, f"SLURM job {job_id} to finish")
+            return wait_until(done, timeout, f"SLURM job {job_id} to finish", max_interval=0.5)
         except WaitTimeout as exc:
             raise WaitTimeout(f"{exc}; state now {self.job_state(job_id)}") from exc
 
@@ -387,7 +386,7 @@ class SlurmCluster(Managed):
                 ids = self.jobs()
                 if ids:
                     self.command(["scancel", *map(str, ids)], timeout=10, check=False)
-                    wait_until(lambda: not self.jobs(), 10.0, "cancelled jobs to end")
+                    wait_until(lambda: not self.jobs(), 10.0, "cancelled jobs to end", max_interval=0.5)
             except TestbedError:
                 pass  # killed below anyway
         steps = self._stepd_trees()
@@ -411,13 +410,5 @@ class SlurmCluster(Managed):
 
 
 def cleanup_stale() -> list[str]:
-    """Kill daemons and remove temp dirs of SLURM clusters whose test process died."""
-    removed: list[str] = []
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{TMP_PREFIX}*")):
-        m = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", os.path.basename(path))
-        if m is None or alive(int(m.group(1))):
-            continue
-        kill_pids(pids_mentioning(path + os.sep), timeout=5.0)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    """Kill daemons and remove temp dirs of SLURM clusters whose test process died; return the dirs removed."""
+    return remove_orphaned_dirs(TMP_PREFIX)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +15,8 @@ from elaunch.errors import StoreError
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo
 from elaunch.rendezvous.local import LocalRendezvous
 from elaunch.rundir import RunDir
-from elaunch.spec import RunResult, WorkerSpec, WorkerState
-from elaunch.tails import OutputTails
-from elaunch.workers import Exit, Wakeup, WorkerPlan
+from elaunch.spec import RunResult, WorkerPlan, WorkerSpec, WorkerState
+from elaunch.workers import Exit, Wakeup
 
 Step = Callable[["FakeProcesses"], Wakeup]
 
@@ -33,9 +33,12 @@ class FakeProcesses:
         self._pending: list[Exit] = []
         self._pid = 100
         self._t = 0.0
+        self._woken = threading.Event()
+        self._between = True  # no generation runs: waits are the agent's rendezvous or exit barrier
 
     def start(self, plans: list[WorkerPlan]) -> dict[int, int]:
         self.generations.append(list(plans))
+        self._between = False
         self._exits.clear()
         self.plans = {p.local_rank: p for p in plans}
         self.pids = {}
@@ -52,6 +55,10 @@ class FakeProcesses:
         return ex
 
     def wait(self, timeout: float | None) -> Wakeup:
+        if self._between:  # the agent waits for a rendezvous call in its thread: it wakes us when done
+            assert self._woken.wait(10), "the rendezvous thread never woke the agent"
+            self._woken.clear()
+            return Wakeup(woken=True)
         if self._pending:
             out, self._pending = self._pending, []
             for ex in out:
@@ -64,7 +71,7 @@ class FakeProcesses:
         return self.script.pop(0)(self)
 
     def wake(self) -> None:
-        pass
+        self._woken.set()
 
     def send(self, sig: int, local_ranks: list[int] | None = None, *, group: bool = True) -> None:
         self.sent.append((sig, group))
@@ -84,6 +91,7 @@ class FakeProcesses:
     def release(self, timeout: float = 5.0) -> list[Exit]:
         out = [self.exit(lr, sig=signal.SIGKILL) for lr in self.running()]
         self._pending.clear()
+        self._between = True
         return out
 
 
@@ -127,8 +135,7 @@ def make_agent(
         procs,
         bus,
         host="h",
-        run_dir=RunDir(str(tmp_path / "logs"), "t"),
-        tails=OutputTails(),
+        error_files=RunDir(str(tmp_path / "logs"), "t"),
         signals=SignalPolicy(shutdown=frozenset({signal.SIGTERM, signal.SIGINT}), forward=frozenset({signal.SIGUSR1})),
         clock=FakeClock(),
     )

@@ -49,6 +49,23 @@ CASES = [
     ([*ETCD, "protocol=https,key=/k.pem"], "ok", "needs its certificate"),
     ([*ETCD, "protocol=https,cacert=/a.pem,ca_cert=/b.pem"], "ok", "differ"),
     ([*ETCD, "is_host=true"], "ok", "only for --rdzv-backend c10d"),
+    # Settings only a backend used to check arrive before anything starts (were "job FAILED", exit 1).
+    ([*ETCD, "protocol=https,cacert=/nonexistent-elaunch.pem"], "ok", "no such file"),
+    (["--nnodes", "2", "--node-rank", "5", "--master-addr", "127.0.0.1", "--master-port", "29999"], "ok", "0..1"),
+    (
+        ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h:1", "--rdzv-conf", "store_type=file"],
+        "ok",
+        "only tcp",
+    ),
+    (["--nnodes", "2", "--rdzv-conf", "timeout=soon", "--master-port", "29999"], "ok", "--rdzv-conf timeout"),
+    # Durations are finite and in range, whatever their spelling.
+    (["--shutdown-timeout", "inf"], "ok", "finite"),
+    (["--shutdown-timeout", "1e400"], "ok", "finite"),
+    (["--shutdown-timeout", "nan"], "ok", "finite"),
+    (["--shutdown-timeout", "-1"], "ok", "0 or more"),
+    (["--exit-barrier-timeout", "inf"], "ok", "finite"),
+    (["--monitor-interval", "nan"], "ok", "finite"),
+    (["--rdzv-conf", "join_timeout=inf"], "ok", "finite"),
 ]
 
 

@@ -267,6 +267,54 @@ def test_dry_run_starts_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["--nnodes", "1", "--master-port", "29555", "--rdzv-id", "job7"],
+        ["--nnodes", "1", "--master-port", "29556", "--rdzv-id", "job8", "--virtual-local-rank", "--role", "trainer"],
+    ],
+)
+def test_dry_run_prints_the_environment_the_workers_get(tmp_path: Path, args: list[str]) -> None:
+    # Both come from one function (ranks.worker_plans): what --dry-run shows is what runs.
+    dump = tmp_path / "env"
+    script = write_script(
+        tmp_path,
+        "e.py",
+        "import json, os, sys\n"
+        f"open({str(dump)!r} + os.environ['LOCAL_RANK'] + os.environ['RANK'], 'w').write(json.dumps(dict(os.environ)))\n",
+    )
+    common = [*args, "--nproc-per-node", "2", str(script), "--at=${local_rank}"]
+    plan = run_elaunch(["--dry-run", *common])
+    assert plan.returncode == 0, plan.stderr
+    shown: dict[int, dict[str, str]] = {}
+    argv: dict[int, str] = {}
+    rank = -1
+    for line in plan.stdout.splitlines():
+        if line.startswith("worker "):
+            rank = int(line.split("rank=")[2].split()[0])
+            shown[rank] = {}
+        elif line.startswith("  env:  "):
+            key, _, value = line[len("  env:  ") :].partition("=")
+            shown[rank][key] = value
+        elif line.startswith("  argv: "):
+            argv[rank] = line[len("  argv: ") :]
+    assert sorted(shown) == [0, 1]
+    r = run_elaunch(common)
+    assert r.returncode == 0, r.stderr
+    for rank, env in shown.items():
+        (got_file,) = [p for p in tmp_path.iterdir() if p.name.startswith("env") and p.name.endswith(str(rank))]
+        got = json.loads(got_file.read_text())
+        assert argv[rank].endswith(f"--at={rank}")  # one node: local rank == rank
+        for key, value in env.items():
+            if key == "TORCHELASTIC_ERROR_FILE":  # the run dir's name is made at run time
+                assert value.startswith("<run dir>/attempt_0/") and got[key].endswith(value[len("<run dir>") :])
+            else:
+                assert got[key] == value, key
+        added = {k for k, v in got.items() if os.environ.get(k) != v}
+        assert added - set(env) <= {"TORCHELASTIC_ERROR_FILE"}, added - set(env)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
     ("args", "warning"),
     [
         (["--standalone", "--rdzv-id", "mine"], "--standalone: --rdzv-id ignored"),

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from elaunch.console import COLORS
-from tests.helpers import ELAUNCH, run_elaunch, wait_until, write_script
+from scripts.testbed import wait_until
+from tests.helpers import ELAUNCH, run_elaunch, write_script
 
 FLOOD = """
 import os, sys

@@ -8,10 +8,11 @@ import signal
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.helpers import start_elaunch, wait_until, write_script
+from scripts.testbed import wait_until
+from scripts.testbed.procs import alive
+from tests.helpers import start_elaunch, write_script
 
 # Each worker starts a grandchild (a sleeping python) and records both pids, then waits.
 FAMILY = """
@@ -66,13 +67,7 @@ def _pids(tmp_path: Path, n: int, restart: int = 0) -> list[int]:
 
 
 def _all_gone(pids: list[int]) -> bool:
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            continue
-    return True
+    return not any(alive(pid) for pid in pids)
 
 
 def _own_traceback(err: str) -> bool:

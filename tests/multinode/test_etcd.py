@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from scripts.testbed import free_port
 from tests.helpers import run_elaunch, write_script
-from tests.multinode.test_loopback import CONF, ENV_SCRIPT, Agents, agents, free_port
+from tests.multinode.test_loopback import CONF, ENV_SCRIPT, Agents, agents
 
 __all__ = ["agents"]  # the fixture, shared with test_loopback
 

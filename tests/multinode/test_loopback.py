@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ELAUNCH, ROOT, run_elaunch, wait_until, write_script
+from scripts.testbed import free_port, wait_until
+from tests.helpers import ELAUNCH, ROOT, run_elaunch, write_script
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the c10d store needs torch")
 CONF = "join_timeout=60,last_call_timeout=1,heartbeat_timeout=3,keep_alive_interval=0.5,close_timeout=5"
@@ -69,12 +70,6 @@ def agents(tmp_path: Path) -> Iterator[Agents]:
     a = Agents(tmp_path)
     yield a
     a.close()
-
-
-def free_port() -> int:
-    from elaunch.agent import free_port as _free
-
-    return _free("127.0.0.1")
 
 
 def c10d(port: int, nnodes: str = "2") -> list[str]:

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from testbed import WaitTimeout, wait_until
-from testbed.netns import Cluster
 
+from scripts.testbed import WaitTimeout, wait_until
+from scripts.testbed.netns import Cluster
 from tests.helpers import ELAUNCH, ROOT
 
 needs_torch = pytest.mark.skipif(
@@ -114,7 +114,7 @@ class Job:
     # -- waiting ------------------------------------------------------------------------------
     def wait(self, cond: Callable[[], object], timeout: float, what: str) -> None:
         try:
-            wait_until(cond, timeout, what)
+            wait_until(cond, timeout, what, max_interval=0.5)
         except WaitTimeout as e:
             raise AssertionError(f"{e}\n{self.diagnostics()}") from None
 
@@ -152,7 +152,12 @@ class Job:
         for i in range(1, self.cluster.n + 1):
             self.cluster.link_up(i)
         try:
-            wait_until(lambda: not any(self.cluster.pids(i) for i in range(1, self.cluster.n + 1)), 15, "empty hosts")
+            wait_until(
+                lambda: not any(self.cluster.pids(i) for i in range(1, self.cluster.n + 1)),
+                15,
+                "empty hosts",
+                max_interval=0.5,
+            )
         except WaitTimeout:
             pass  # the cluster's teardown kills what is left; the test has failed already
 

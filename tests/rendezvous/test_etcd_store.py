@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 from elaunch.errors import RendezvousClosedError, StoreError
 from elaunch.rendezvous import EtcdOptions, Rendezvous, create_rendezvous
 from elaunch.rendezvous.dynamic import STORE_LOST
-from scripts.testbed import wait_until
+from scripts.testbed import free_port, wait_until
 
 from ._support import FAST, Call, config, info, rdzv_threads, settings
 
@@ -32,12 +31,6 @@ def store(etcd_server: Any) -> Iterator[EtcdStore]:
     s = connect_etcd("127.0.0.1", etcd_server.port, connect_timeout=10, timeout=5)
     yield s
     s.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.etcd
@@ -139,7 +132,7 @@ def test_a_hung_server_bounds_every_call(etcd_server: Any, store: EtcdStore) -> 
 
 @pytest.mark.timeout(30)
 def test_unreachable_etcd_fails_within_the_timeout_naming_host_and_port() -> None:
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     with pytest.raises(StoreError) as e:
         connect_etcd("127.0.0.1", port, connect_timeout=1.0)

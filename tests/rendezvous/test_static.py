@@ -3,7 +3,6 @@ for the workers, every node's NodeInfo, clear errors for bad ranks, and the exit
 
 from __future__ import annotations
 
-import socket
 import threading
 from datetime import timedelta
 
@@ -13,21 +12,15 @@ from elaunch.errors import RendezvousError
 from elaunch.rendezvous import create_rendezvous
 from elaunch.rendezvous.static import StaticRendezvous
 from elaunch.rendezvous.store import MemoryStore
-from scripts.testbed import wait_until
+from scripts.testbed import free_port, wait_until
 
 from ._support import Call, config, info, settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.timeout(60)
 def test_static_over_tcp_keeps_ranks_and_points_workers_at_the_agent_store() -> None:
     torch_dist = pytest.importorskip("torch.distributed")
-    port = _free_port()
+    port = free_port()
 
     def static(rank: int) -> StaticRendezvous:
         r = create_rendezvous(config("static", port, nnodes=(3, 3), node_rank=rank))

@@ -15,6 +15,7 @@ import pytest
 
 from elaunch.errors import StoreError
 from elaunch.rendezvous.store import MemoryStore, Store, connect_store, is_local_address
+from scripts.testbed import free_port
 
 from ._support import Call
 
@@ -137,15 +138,9 @@ def test_memory_store_failure_and_close() -> None:
         t.get("/x")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.timeout(30)
 def test_unreachable_endpoint_fails_within_timeout_naming_host_and_port() -> None:
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     with pytest.raises(StoreError) as e:
         connect_store("127.0.0.1", port, is_host=False, connect_timeout=1.0)

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from testbed import TestbedError, wait_until
-from testbed.slurm import SlurmCluster
+
+from scripts.testbed import TestbedError, wait_until
+from scripts.testbed.procs import cmdline
+from scripts.testbed.slurm import SlurmCluster
 
 pytestmark = pytest.mark.slurm
 
@@ -84,7 +86,7 @@ class Job:
             return None
 
         try:
-            return wait_until(all_there, timeout, f"{event} markers of ranks {list(ranks)}")
+            return wait_until(all_there, timeout, f"{event} markers of ranks {list(ranks)}", max_interval=0.5)
         except Exception as e:
             raise AssertionError(f"{e}\n--- job output:\n{self.output()}{self.diagnose()}") from None
 
@@ -96,15 +98,13 @@ def nodes_quiet(s: SlurmCluster) -> None:
         left: dict[int, list[str]] = {}
         for i in range(1, s.n + 1):
             for pid in set(s.cluster.pids(i)) - {s.slurmds[i - 1].pid}:
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                except OSError:
-                    continue
-                left.setdefault(i, []).append(f"{pid}: {cmd}")
+                cmd = cmdline(pid)
+                if cmd is not None:
+                    left.setdefault(i, []).append(f"{pid}: {cmd}")
         return left
 
     try:
-        wait_until(lambda: not leftovers(), 20, "every node to run nothing but slurmd")
+        wait_until(lambda: not leftovers(), 20, "every node to run nothing but slurmd", max_interval=0.5)
     except Exception:
         raise AssertionError(f"processes left on the nodes: {leftovers()}") from None
 
@@ -240,7 +240,7 @@ def test_elastic_example_checkpoints_requeues_and_resumes(
             raise TestbedError(f"job ended instead of being requeued: {info}\n{job.output()}")
         return info.get("Restarts") == "1" and info.get("JobState") == "PENDING"
 
-    wait_until(requeued, 60, "the job to be requeued")
+    wait_until(requeued, 60, "the job to be requeued", max_interval=0.5)
     # SLURM holds a requeued job for 120 s (EligibleTime); let it start again soon, but not within the
     # second of the requeue: slurmd revokes the old credential with a one-second clock and refuses a
     # start in that same second ("Killing non-startable batch JobId: Job credential revoked").

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from testbed import TestbedError, WaitTimeout, wait_until
-from testbed import netns as tb_netns
-from testbed.etcd import EtcdServer
-from testbed.netns import Cluster
-from testbed.procs import alive, descendants
-from testbed.slurm import SlurmCluster
+
+from scripts.testbed import TestbedError, WaitTimeout, free_port, wait_until
+from scripts.testbed import netns as tb_netns
+from scripts.testbed.etcd import EtcdServer
+from scripts.testbed.netns import Cluster
+from scripts.testbed.procs import alive, cmdline, descendants, kill_tree, pids_mentioning, remove_orphaned_dirs
+from scripts.testbed.slurm import SlurmCluster
 
 PY = sys.executable
 PORT = 7070
@@ -91,19 +92,19 @@ def test_hosts_reach_each_other_and_link_faults(netns_cluster: Callable[..., Clu
     assert cl.run(1, ["hostname"], check=True).stdout.strip() == "host1"
     server = cl.popen(1, [PY, "-c", SERVER, str(PORT)])
     no_leftovers.update([server.pid, *cl.pids(1)])
-    wait_until(lambda: reaches(cl, 2, "host1", "host1"), 15, "host2 to reach host1 by name")
+    wait_until(lambda: reaches(cl, 2, "host1", "host1"), 15, "host2 to reach host1 by name", max_interval=0.5)
 
     cl.link_down(1)
     res = client(cl, 2, "host1", timeout=1.0)
     assert res.returncode == 1 and res.stdout.startswith("TimeoutError"), res
     cl.link_up(1)
-    wait_until(lambda: reaches(cl, 2, "host1", "host1"), 15, "host1 back after link_up")
+    wait_until(lambda: reaches(cl, 2, "host1", "host1"), 15, "host1 back after link_up", max_interval=0.5)
 
     cl.eth_down(2)
     res = client(cl, 2, "host1", timeout=5.0)
     assert res.returncode == 1 and "101" in res.stdout, res  # ENETUNREACH at once
     cl.eth_up(2)
-    wait_until(lambda: reaches(cl, 2, "host1", "host1"), 15, "host2 back after eth_up")
+    wait_until(lambda: reaches(cl, 2, "host1", "host1"), 15, "host2 back after eth_up", max_interval=0.5)
 
     ok, _ = tb_netns.nft_available()
     if ok:
@@ -111,7 +112,7 @@ def test_hosts_reach_each_other_and_link_faults(netns_cluster: Callable[..., Clu
         res = client(cl, 2, "host1", timeout=1.0)
         assert res.returncode == 1 and res.stdout.startswith("TimeoutError"), res
         cl.unblackhole(1)
-        wait_until(lambda: reaches(cl, 2, "host1", "host1"), 15, "host1 back after unblackhole")
+        wait_until(lambda: reaches(cl, 2, "host1", "host1"), 15, "host1 back after unblackhole", max_interval=0.5)
 
 
 @pytest.mark.timeout(30)
@@ -121,7 +122,7 @@ def test_close_kills_everything_and_is_idempotent(no_leftovers: set[int]) -> Non
         pytest.skip(why)
     cl = Cluster(2).start()
     sleeper = cl.popen(2, ["sh", "-c", "sleep 300 & sleep 300 & wait"])
-    wait_until(lambda: len(cl.pids(2)) == 3, 10, "3 processes in host2")
+    wait_until(lambda: len(cl.pids(2)) == 3, 10, "3 processes in host2", max_interval=0.5)
     no_leftovers.update(cl.pids(2))
     cl.close()
     cl.close()
@@ -148,13 +149,13 @@ def test_cleanup_stale_after_killed_owner(no_leftovers: set[int]) -> None:
     ok, why = tb_netns.available()
     if not ok:
         pytest.skip(why)
-    scripts = str(Path(tb_netns.__file__).resolve().parents[1])
+    root = str(Path(tb_netns.__file__).resolve().parents[2])  # `python -c` imports from its cwd
     code = (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); import testbed.netns as N\n"
+        "import time; import scripts.testbed.netns as N\n"
         "c = N.Cluster(1).start(); p = c.popen(1, ['sleep', '300'])\n"
         "print(c.prefix, p.pid, flush=True); time.sleep(300)\n"
     )
-    owner = subprocess.Popen([PY, "-c", code, scripts], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True, cwd=root)
     assert owner.stdout is not None
     prefix, pid = owner.stdout.readline().split()
     no_leftovers.update([owner.pid, int(pid)])
@@ -224,7 +225,7 @@ def test_slurm_fake_gpus_and_cancel(
     long = tmp_path / "long.sh"
     long.write_text("#!/bin/sh\nsrun sleep 300\n")
     job = s.sbatch(str(long), "-o", str(tmp_path / "long.out"))
-    wait_until(lambda: s.job_state(job) == "RUNNING", 30, f"job {job} running")
+    wait_until(lambda: s.job_state(job) == "RUNNING", 30, f"job {job} running", max_interval=0.5)
     s.scancel(job)
     assert s.wait_job(job, timeout=30) == "CANCELLED"
 
@@ -234,3 +235,59 @@ def test_wait_until_reports_what() -> None:
     with pytest.raises(WaitTimeout, match="waiting for the impossible"):
         wait_until(lambda: False, 0.2, "the impossible")
     assert wait_until(lambda: 42, 1, "an answer") == 42
+
+
+@pytest.mark.timeout(10)
+def test_wait_until_lets_the_condition_give_up_at_once() -> None:
+    calls: list[int] = []
+
+    def broken() -> bool:
+        calls.append(1)
+        raise TestbedError("the daemon exited")
+
+    with pytest.raises(TestbedError, match="the daemon exited"):
+        wait_until(broken, 5, "a daemon")
+    assert len(calls) == 1
+
+
+@pytest.mark.timeout(10)
+def test_free_port_can_be_bound() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.timeout(20)
+def test_kill_tree_kills_children_and_grandchildren(tmp_path: Path, no_leftovers: set[int]) -> None:
+    marker = str(tmp_path / "tree")
+    sleeper = f"{PY} -c 'import time; time.sleep(300)' {marker}"
+    root = subprocess.Popen(["sh", "-c", f"{sleeper} & {sleeper} & wait", marker])  # $0 names the marker too
+    kids = wait_until(lambda: len(d := descendants([root.pid])) == 2 and d, 10, "two sleepers")
+    no_leftovers.update([root.pid, *kids])
+    assert sorted(pids_mentioning(marker)) == sorted([root.pid, *kids])
+    assert cmdline(kids[0]) == f"{PY} -c import time; time.sleep(300) {marker}"
+    assert kill_tree([root.pid]) == []
+    root.wait(timeout=5)
+    assert not any(alive(p) for p in kids)
+    assert pids_mentioning(marker) == []
+
+
+@pytest.mark.timeout(20)
+def test_remove_orphaned_dirs_kills_what_runs_from_them(no_leftovers: set[int]) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=5)
+    prefix = f"elt-test-{os.getpid()}-"
+    mine = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")  # owner alive: kept
+    orphan = tempfile.mkdtemp(prefix=f"{prefix}{dead.pid}-")  # owner dead: removed
+    sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(300)", os.path.join(orphan, "x")])
+    no_leftovers.add(sleeper.pid)
+    try:
+        assert remove_orphaned_dirs(prefix) == [orphan]
+        assert sleeper.wait(timeout=5) == -9
+        assert not os.path.exists(orphan) and os.path.isdir(mine)
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=5)
+        os.rmdir(mine)

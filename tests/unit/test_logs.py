@@ -80,10 +80,9 @@ def test_extract_traceback() -> None:
 
 def test_traceback_of_a_ddp_worker_with_rank_prefixes() -> None:
     # torch.distributed's excepthook prefixes every line with "[rankN]: " once a process group exists.
-    from elaunch.events import WorkerOutput
-    from elaunch.tails import OutputTails
+    from elaunch.tails import OutputTail
 
-    tails = OutputTails()
+    tail = OutputTail()
     text = (
         b"[W socket.cpp:207] warning\n"
         b"[rank2]: Traceback (most recent call last):\n"
@@ -91,7 +90,7 @@ def test_traceback_of_a_ddp_worker_with_rank_prefixes() -> None:
         b"[rank2]:     main()\n"
         b"[rank2]: ValueError: boom on host3\n"
     )
-    tails.handle(WorkerOutput(local_rank=0, global_rank=2, stream=2, data=text))
-    assert tails.traceback(0) == (
+    tail.feed(2, text)
+    assert tail.traceback() == (
         'Traceback (most recent call last):\n  File "w.py", line 3, in <module>\n    main()\nValueError: boom on host3'
     )

@@ -103,7 +103,9 @@ def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: l
         cfg.check_port(master_port, "--master-port")
     master_addr = str(opts["master_addr"])
     local_addr: str | None = opts["local_addr"]
-    run_id = str(opts["rdzv_id"])
+    run_id = str(opts["rdzv_id"]).strip()
+    if not run_id:
+        raise ConfigError("--rdzv-id must not be empty (it names the job in the rendezvous store)")
     node_rank_given = sources.get("node_rank", "default") in GIVEN
     node_rank = int(opts["node_rank"] or 0)
     standalone = bool(opts["standalone"])

@@ -9,8 +9,10 @@ the returned `NodeInfo` tuple is pure (see `elaunch.ranks`), so backends never c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from elaunch.values import Value, value
 
 if TYPE_CHECKING:
     from elaunch.rendezvous.store import Store
@@ -19,8 +21,8 @@ BackendName = Literal["local", "static", "c10d", "etcd", "etcd-v2"]
 """`local` is the one-node rendezvous (`--standalone`, or any backend with `--nnodes 1`)."""
 
 
-@dataclass(frozen=True)
-class Endpoint:
+@value
+class Endpoint(Value):
     """`host:port` of a rendezvous store or server; IPv6 hosts without brackets."""
 
     host: str
@@ -31,8 +33,8 @@ class Endpoint:
         return f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class RendezvousSettings:
+@value
+class RendezvousSettings(Value):
     """torchrun's --rdzv-conf timings, in seconds (defaults are torch's dynamic handler's).
 
     Validated once, by `elaunch.config` (finite, > 0); backends take them as they are.
@@ -57,8 +59,8 @@ class RendezvousSettings:
         return min(self.keep_alive_interval, self.heartbeat_timeout / max(1, self.keep_alive_max_attempt))
 
 
-@dataclass(frozen=True)
-class EtcdOptions:
+@value
+class EtcdOptions(Value):
     """How to reach etcd and where the keys go, from --rdzv-conf (parsed and checked by `elaunch.config`)."""
 
     protocol: Literal["http", "https"] = "http"
@@ -71,8 +73,8 @@ class EtcdOptions:
     """Put before every key (`/team/elaunch/<run_id>/...`); empty or `/a/b` without a trailing slash."""
 
 
-@dataclass(frozen=True)
-class RendezvousConfig:
+@value
+class RendezvousConfig(Value):
     """Where and how this node meets the others: built and validated by `elaunch.config`,
     turned into a backend by `elaunch.rendezvous.create_rendezvous`. Every value is final: a
     backend never re-reads --rdzv-conf or raises ConfigError."""
@@ -105,8 +107,8 @@ class RendezvousConfig:
         return self.max_nodes == 1
 
 
-@dataclass(frozen=True)
-class NodeInfo:
+@value
+class NodeInfo(Value):
     """What a node tells the others when it joins a round."""
 
     host: str
@@ -120,8 +122,8 @@ class NodeInfo:
     """Preferred group rank (`--node-rank`); honoured when it is free."""
 
 
-@dataclass(frozen=True)
-class RendezvousInfo:
+@value
+class RendezvousInfo(Value):
     """The outcome of one round: every node, in group-rank order, and this node's place."""
 
     run_id: str
@@ -138,8 +140,8 @@ class RendezvousInfo:
         return len(self.nodes)
 
 
-@dataclass(frozen=True)
-class Membership:
+@value
+class Membership(Value):
     """What changed since the last round, as seen by this node."""
 
     waiting: int = 0

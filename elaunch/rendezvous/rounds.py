@@ -10,10 +10,10 @@ import enum
 import functools
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from elaunch.rendezvous.api import NodeInfo
+from elaunch.values import Value, value
 
 
 class NodeRecord(NamedTuple):
@@ -38,8 +38,8 @@ class NodeRecord(NamedTuple):
         return cls(nid, NodeInfo(host, role, lws, port, rank), prio)
 
 
-@dataclass(frozen=True)
-class Round:
+@value
+class Round(Value):
     """A completed round as this node saw it: the group in group-rank order, and our rank."""
 
     number: int
@@ -281,8 +281,8 @@ def join_timeout_reason(
 
 
 # -- heartbeats ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BeatSeen:
+@value
+class BeatSeen(Value):
     """What a watcher last saw of a heartbeat counter, on its own monotonic clock."""
 
     value: int | None = None

@@ -58,6 +58,7 @@ CASES = [
         "only tcp",
     ),
     (["--nnodes", "2", "--rdzv-conf", "timeout=soon", "--master-port", "29999"], "ok", "--rdzv-conf timeout"),
+    (["--rdzv-id", " "], "ok", "--rdzv-id must not be empty"),
     # Durations are finite and in range, whatever their spelling.
     (["--shutdown-timeout", "inf"], "ok", "finite"),
     (["--shutdown-timeout", "1e400"], "ok", "finite"),

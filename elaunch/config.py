@@ -217,6 +217,19 @@ def parse_endpoint(value: str, default_port: int) -> Endpoint | None:
     return Endpoint(host, port)
 
 
+def parse_count(value: object, option: str, *, default: int | None = None, high: int = 2**31 - 1) -> int | None:
+    """A whole number from 0 to `high`; None/empty gives `default`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    text = str(value).strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise ConfigError(f"{option}: expected a whole number, got {value!r}")
+    n = int(text)
+    if not 0 <= n <= high:
+        raise ConfigError(f"{option}: must be between 0 and {high}, got {value!r}")
+    return n
+
+
 def check_port(port: int, option: str, allow_zero: bool = False) -> int:
     lo = 0 if allow_zero else 1
     if not lo <= port <= 65535:

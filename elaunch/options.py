@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -26,8 +25,22 @@ RUN_PATH_CODE = (
     "sys.path.insert(0, __import__('os').path.dirname(sys.argv[0])); "
     "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
+START_METHODS = ("spawn", "fork", "forkserver")
+"""torch's multiprocessing start methods: accepted for compatibility (scripts always run in new processes)."""
 GIVEN = ("option", "environment", "SLURM")
 """Sources of a value the user (or the SLURM step) chose, as opposed to a default."""
+
+
+def random_run_id() -> str:
+    """A random version-4 UUID in its usual text form, as torchrun's --standalone run id (`uuid.uuid4()`).
+
+    Written out because `import uuid` costs 2 ms of start-up (it imports `platform`).
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _entry(opts: Mapping[str, Any], env: Mapping[str, str]) -> tuple[tuple[str, ...], cfg.EntryKind]:
@@ -98,7 +111,7 @@ def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: l
     etcd = backend in cfg.ETCD_BACKENDS
     endpoint = cfg.parse_endpoint(opts["rdzv_endpoint"], cfg.DEFAULT_ETCD_PORT if etcd else cfg.DEFAULT_C10D_PORT)
     conf = cfg.parse_rdzv_conf(opts["rdzv_conf"])
-    master_port: int | None = opts["master_port"]
+    master_port = cfg.parse_count(opts["master_port"], "--master-port")
     if master_port is not None:
         cfg.check_port(master_port, "--master-port")
     master_addr = str(opts["master_addr"])
@@ -107,7 +120,7 @@ def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: l
     if not run_id:
         raise ConfigError("--rdzv-id must not be empty (it names the job in the rendezvous store)")
     node_rank_given = sources.get("node_rank", "default") in GIVEN
-    node_rank = int(opts["node_rank"] or 0)
+    node_rank = cfg.parse_count(opts["node_rank"], "--node-rank", default=0) or 0
     standalone = bool(opts["standalone"])
     if standalone:
         given = [f"--{k.replace('_', '-')}" for k in ("rdzv_backend", "rdzv_endpoint", "rdzv_id")
@@ -116,13 +129,13 @@ def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: l
             warnings.append(f"--standalone: {', '.join(given)} ignored (a local rendezvous on a free port)")
         if max_n > 1:
             raise ConfigError(f"--standalone runs one node, but --nnodes is {opts['nnodes']}")
-        run_id = str(uuid.uuid4())
+        run_id = random_run_id()
     elif backend == "static" and endpoint is None and master_port is None and max_n == 1:
         # torchrun's quirk: one node with nothing to connect to behaves as --standalone
         # (but an id the user gave is kept: it names the log directory).
         standalone = True
         if sources.get("rdzv_id", "default") == "default":
-            run_id = str(uuid.uuid4())
+            run_id = random_run_id()
     if max_n == 1:
         return RendezvousConfig(
             backend="local",
@@ -226,6 +239,8 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
     signals = cfg.parse_signals(opts["signals_to_handle"])
     entry_argv, kind = _entry(opts, env)
     output = _output(opts, env, warnings)
+    if str(opts.get("start_method") or "spawn") not in START_METHODS:
+        raise ConfigError(f"--start-method must be one of {', '.join(START_METHODS)}, got {opts['start_method']!r}")
     if opts.get("logs_specs"):
         raise NotSupportedError("--logs-specs (torchrun plugin entry points) is not supported; use --log-dir")
     if opts["numa_binding"]:
@@ -245,7 +260,7 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         entry_kind=kind,
         rdzv=rdzv,
         output=output,
-        max_restarts=int(opts["max_restarts"]),
+        max_restarts=cfg.parse_count(opts["max_restarts"], "--max-restarts", default=0) or 0,
         monitor_interval=monitor,
         role=str(opts["role"]),
         signals_to_handle=signals,

@@ -59,6 +59,11 @@ CASES = [
     ),
     (["--nnodes", "2", "--rdzv-conf", "timeout=soon", "--master-port", "29999"], "ok", "--rdzv-conf timeout"),
     (["--rdzv-id", " "], "ok", "--rdzv-id must not be empty"),
+    (["--n", "2"], "ok", "ambiguous option: --n could match --nnodes"),
+    (["--max-restarts", "many"], "ok", "--max-restarts: expected a whole number"),
+    (["--master-port", "x"], "ok", "--master-port: expected a whole number"),
+    (["--node-rank", "-2", "--nnodes", "2", "--master-port", "29999"], "ok", "--node-rank"),
+    (["--start-method", "thread"], "ok", "--start-method must be one of"),
     # Durations are finite and in range, whatever their spelling.
     (["--shutdown-timeout", "inf"], "ok", "finite"),
     (["--shutdown-timeout", "1e400"], "ok", "finite"),

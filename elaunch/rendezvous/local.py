@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable
 
 from elaunch.errors import RendezvousClosedError
@@ -19,7 +19,7 @@ class LocalRendezvous:
     """
 
     def __init__(self, run_id: str | None = None, master_addr: str = "127.0.0.1", master_port: int = 0) -> None:
-        self._run_id = run_id or uuid.uuid4().hex[:12]
+        self._run_id = run_id or os.urandom(6).hex()
         self._master_addr = master_addr
         self._master_port = master_port
         self._round = -1

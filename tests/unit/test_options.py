@@ -1,0 +1,69 @@
+"""options.build_config: raw options in, one nested validated LaunchConfig out (or ConfigError)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from elaunch.cli import parse
+from elaunch.errors import ConfigError
+from elaunch.options import build_config, random_run_id
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def config(tmp_path: Path, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    script = tmp_path / "t.py"
+    script.write_text("")
+    opts, sources = parse([*args, str(script)], env or {})
+    return build_config(opts, sources, {"PATH": "/usr/bin", **(env or {})})
+
+
+def test_random_run_id_is_a_uuid4() -> None:
+    ids = {random_run_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
+
+
+def test_standalone_is_a_local_rendezvous_on_a_free_port(tmp_path: Path) -> None:
+    c = config(tmp_path, "--standalone", "--nproc-per-node", "3")
+    assert (c.rdzv.backend, c.rdzv.master_port, c.rdzv.standalone, c.nproc_per_node) == ("local", 0, True, 3)
+    assert uuid.UUID(c.run_id).version == 4
+
+
+def test_static_nodes_meet_at_the_master(tmp_path: Path) -> None:
+    c = config(tmp_path, "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1", "--master-port", "29511")
+    assert c.rdzv.backend == "static" and c.rdzv.node_rank == 1
+    assert (c.rdzv.endpoint.host, c.rdzv.endpoint.port) == ("10.0.0.1", 29511)  # type: ignore[union-attr]
+
+
+def test_node_rank_is_a_preference_only_when_given(tmp_path: Path) -> None:
+    base = ("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h:1")
+    assert config(tmp_path, *base).rdzv.node_rank is None
+    assert config(tmp_path, *base, "--node-rank", "1").rdzv.node_rank == 1
+    assert config(tmp_path, *base, env={"PET_NODE_RANK": "0"}).rdzv.node_rank == 0
+
+
+def test_rdzv_conf_is_parsed_once_into_settings(tmp_path: Path) -> None:
+    c = config(tmp_path, "--nnodes", "2", "--master-port", "29511", "--rdzv-conf", "timeout=7,read_timeout=3")
+    assert (c.rdzv.settings.join_timeout, c.rdzv.settings.read_timeout) == (7.0, 3.0)  # static reads `timeout`
+    c = config(tmp_path, "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h", "--rdzv-conf", "timeout=7")
+    assert c.rdzv.settings.join_timeout == 600.0  # as torch's c10d handler, which does not read it
+
+
+def test_output_options_are_one_value(tmp_path: Path) -> None:
+    c = config(tmp_path, "--tee", "0:3", "--ranks-filter", "1-2", "--no-live")
+    assert c.output.files and c.output.tee.for_rank(0) == 3 and not c.output.redirects.any
+    assert c.output.ranks_filter == frozenset({1, 2}) and c.output.live is False
+
+
+def test_etcd_certificates_must_exist(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    etcd = ("--nnodes", "2", "--rdzv-backend", "etcd", "--rdzv-endpoint", "h")
+    c = config(tmp_path, *etcd, "--rdzv-conf", f"protocol=https,cacert={ca}")
+    assert c.rdzv.etcd is not None and c.rdzv.etcd.ca_cert == str(ca) and c.rdzv.endpoint.port == 2379  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="no such file"):
+        config(tmp_path, *etcd, "--rdzv-conf", f"protocol=https,cacert={tmp_path / 'none.pem'}")

@@ -231,16 +231,7 @@ class Agent:
         )
         self._group = WorkerGroup(
             spec=self.spec,
-            workers=[
-                Worker(
-                    local_rank=p.local_rank,
-                    global_rank=p.global_rank,
-                    role_rank=p.role_rank,
-                    world_size=p.world_size,
-                    role_world_size=p.role_world_size,
-                )
-                for p in plans
-            ],
+            workers=[Worker.of(p.ranks) for p in plans],
             group_rank=info.group_rank,
             group_world_size=info.group_world_size,
             master_addr=info.master_addr,
@@ -254,7 +245,7 @@ class Agent:
                 round=info.round,
                 group_rank=info.group_rank,
                 group_world_size=info.group_world_size,
-                world_size=plans[0].world_size if plans else 0,
+                world_size=plans[0].ranks.world_size if plans else 0,
                 master_addr=info.master_addr,
                 master_port=info.master_port,
                 hosts=tuple(n.host for n in info.nodes),

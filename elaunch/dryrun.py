@@ -85,8 +85,9 @@ def render_plan(config: LaunchConfig, env: Mapping[str, str], host: str) -> str:
     later = placeholders(config)
     for p in planned_workers(config, env, host):
         added = {k: later.get(k, v) for k, v in p.env.items() if env.get(k) != v}
+        r = p.ranks
         lines.append(
-            f"worker local_rank={p.local_rank} rank={p.global_rank} role_rank={p.role_rank} world_size={p.world_size}"
+            f"worker local_rank={r.local_rank} rank={r.global_rank} role_rank={r.role_rank} world_size={r.world_size}"
         )
         lines.append(f"  argv: {' '.join(shlex.quote(a) for a in p.argv)}")
         lines += [f"  env:  {k}={added[k]}" for k in sorted(added)]

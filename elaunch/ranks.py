@@ -6,20 +6,10 @@ from collections.abc import Callable, Mapping
 
 from elaunch.config import substitute_local_rank
 from elaunch.rendezvous.api import RendezvousInfo
-from elaunch.spec import WorkerPlan, WorkerSpec
-from elaunch.values import Value, value
+from elaunch.spec import WorkerPlan, WorkerRanks, WorkerSpec
 
 FIXED_ARGV = 1
 """Leading items of the worker command that are not the user's (`${local_rank}` is not replaced there)."""
-
-
-@value
-class WorkerRanks(Value):
-    local_rank: int
-    global_rank: int
-    role_rank: int
-    world_size: int
-    role_world_size: int
 
 
 def assign_ranks(info: RendezvousInfo) -> list[WorkerRanks]:
@@ -114,11 +104,7 @@ def worker_plans(
         path = error_file(r.local_rank)
         out.append(
             WorkerPlan(
-                local_rank=r.local_rank,
-                global_rank=r.global_rank,
-                role_rank=r.role_rank,
-                world_size=r.world_size,
-                role_world_size=r.role_world_size,
+                ranks=r,
                 argv=worker_argv((spec.entrypoint, *spec.args), FIXED_ARGV, r.local_rank),
                 env=worker_env(
                     spec.env,

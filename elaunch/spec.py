@@ -91,18 +91,33 @@ class WorkerSpec(Value):
 
 
 @value
-class WorkerPlan(Value):
-    """How to start one worker: its ranks, argv, complete environment and error file (pure data)."""
+class WorkerRanks(Value):
+    """One worker's place in the job: local, global and role rank, and the world sizes."""
 
     local_rank: int
     global_rank: int
     role_rank: int
     world_size: int
     role_world_size: int
+
+
+@value
+class WorkerPlan(Value):
+    """How to start one worker: its ranks, argv, complete environment and error file (pure data)."""
+
+    ranks: WorkerRanks
     argv: tuple[str, ...]
     env: Mapping[str, str]
     error_file: str
     """torch's TORCHELASTIC_ERROR_FILE for this worker (`@record` writes it)."""
+
+    @property
+    def local_rank(self) -> int:
+        return self.ranks.local_rank
+
+    @property
+    def global_rank(self) -> int:
+        return self.ranks.global_rank
 
 
 @dataclass
@@ -119,6 +134,11 @@ class Worker:
     state: WorkerState = WorkerState.INIT
     failure: WorkerFailure | None = None
     """Why it ended badly (exit code, signal, traceback), once it did; None while running or after exit 0."""
+
+    @classmethod
+    def of(cls, r: WorkerRanks) -> Worker:
+        """A worker not yet started, at the place `r`."""
+        return cls(r.local_rank, r.global_rank, r.role_rank, r.world_size, r.role_world_size)
 
 
 @dataclass

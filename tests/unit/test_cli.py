@@ -12,7 +12,8 @@ pytestmark = pytest.mark.timeout(10)
 
 def test_unambiguous_prefixes_and_both_spellings() -> None:
     opts, src = parse(["--nproc", "2", "--redirect=3", "--max_re", "4", "--stand", "t.py"], {})
-    assert (opts["nproc_per_node"], opts["redirects"], opts["max_restarts"], opts["standalone"]) == ("2", "3", "4", True)
+    got = (opts["nproc_per_node"], opts["redirects"], opts["max_restarts"], opts["standalone"])
+    assert got == ("2", "3", "4", True)
     assert src["nproc_per_node"] == src["redirects"] == src["standalone"] == "option"
     assert src["nnodes"] == "default" and opts["nnodes"] == "1:1"
 

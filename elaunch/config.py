@@ -6,13 +6,12 @@ import math
 import re
 import signal
 from collections.abc import Mapping
-from dataclasses import field, fields
 from typing import Literal
 
 from elaunch.errors import ConfigError
 from elaunch.rendezvous.api import Endpoint, EtcdOptions, RendezvousConfig, RendezvousSettings
 from elaunch.spec import WorkerSpec
-from elaunch.values import Value, value
+from elaunch.values import Value, field, fields, value
 
 RDZV_BACKENDS: tuple[str, ...] = ("static", "c10d", "etcd", "etcd-v2")
 ETCD_BACKENDS: tuple[str, ...] = ("etcd", "etcd-v2")
@@ -22,7 +21,7 @@ DEFAULT_ETCD_PORT = 2379
 DEFAULT_MASTER_PORT = 29500
 
 # torchrun's --rdzv-conf timing keys (dynamic handler, c10d and etcd backends) and their defaults.
-RDZV_CONF_DEFAULTS: dict[str, float] = {f.name: f.default for f in fields(RendezvousSettings)}  # type: ignore[misc]
+RDZV_CONF_DEFAULTS: dict[str, float] = {n: getattr(RendezvousSettings(), n) for n in fields(RendezvousSettings)}
 RDZV_CONF_FLAGS = ("is_host", "use_libuv")
 TIMEOUT_ALIAS = "timeout"
 """torch's static and etcd handlers' name for join_timeout (seconds); c10d ignores it, as torch's does."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import field
 from string import Template
 from typing import BinaryIO
 
@@ -22,7 +21,7 @@ from elaunch.logs import prefix_lines
 from elaunch.runview import RunView, ViewSource
 from elaunch.signals import signal_name
 from elaunch.spec import RunResult, WorkerState
-from elaunch.values import Value, value
+from elaunch.values import Value, field, value
 
 PROGRESS_INTERVAL = 10.0
 """Plain mode shows a progress bar's state at most this often per worker."""

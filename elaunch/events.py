@@ -1,6 +1,6 @@
 """Typed events and the bus that fans them out: the agent emits, sinks render or record.
 
-Every change the user or a machine may care about is one small frozen dataclass with a
+Every change the user or a machine may care about is one small immutable record with a
 wall-clock timestamp. Worker output travels as chunks of complete lines, not one event per
 line, so that a million lines cost a few thousand events.
 """
@@ -9,47 +9,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
-from typing import Any, Protocol, TypeVar, dataclass_transform
+from typing import Protocol
 
 from elaunch.spec import RunResult, WorkerState
+from elaunch.values import Value, event_class, field
 
 
 def _now() -> float:
     return time.time()
 
 
-_T = TypeVar("_T")
-
-
-@dataclass_transform(kw_only_default=True, frozen_default=True)
-def event(cls: type[_T]) -> type[_T]:
-    """A frozen keyword-only dataclass, made cheaply: only `__init__` is generated.
-
-    Frozen dataclasses generate four methods per class, each compiled at import; with ~15 event
-    classes that was a tenth of elaunch's start-up. `Event` supplies the frozen `__setattr__`
-    and a `__repr__` once; type checkers see a frozen dataclass (dataclass_transform).
-    """
-    return dataclass(kw_only=True, eq=False, repr=False)(cls)
+event = event_class
+"""An event class: immutable, keyword-only, defined without compiling anything (see values.py)."""
 
 
 @event
-class Event:
+class Event(Value):
     """Base of all events: when it happened (wall clock). Compared by identity: events are facts, not values."""
 
     ts: float = field(default_factory=_now)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.__dict__:
-            raise AttributeError(f"cannot assign to field {name!r} of a frozen event")
-        object.__setattr__(self, name, value)
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r} of a frozen event")
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
-        return f"{type(self).__name__}({args})"
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
 
 @event

@@ -8,7 +8,6 @@ the run's view (`summary_doc`, pure): this module keeps no state of the run itse
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import json
 import os
@@ -18,6 +17,7 @@ from elaunch import events as ev
 from elaunch.runview import RunView, ViewSource, WorkerRow
 from elaunch.signals import signal_name
 from elaunch.spec import RunResult, WorkerFailure
+from elaunch.values import fields
 
 SUMMARY_SCHEMA = "elaunch.summary/1"
 EVENTS_SCHEMA = "elaunch.events/1"
@@ -50,8 +50,8 @@ def event_record(e: ev.Event) -> dict[str, Any]:
     if isinstance(e, ev.RunFinished):
         return {"event": "RunFinished", "ts": e.ts, **summary_core(e.result, e.remote_failures)}
     rec: dict[str, Any] = {"event": type(e).__name__}
-    for f in dataclasses.fields(e):
-        rec[f.name] = _plain(getattr(e, f.name))
+    for name in fields(e):
+        rec[name] = _plain(getattr(e, name))
     if isinstance(e, ev.SignalReceived | ev.WorkerStateChanged) and getattr(e, "signal", None) is not None:
         rec["signal_name"] = signal_name(e.signal)  # type: ignore[arg-type]
     return rec

@@ -9,13 +9,12 @@ view, which already includes the event they are handling (subscribe the tracker 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import field
 from typing import Any, Protocol
 
 from elaunch import events as ev
 from elaunch.rendezvous.api import Membership
 from elaunch.spec import RunResult, WorkerState
-from elaunch.values import Value, value
+from elaunch.values import Value, field, replace, value
 
 
 @value
@@ -155,21 +154,6 @@ class RunView(Value):
         return self.past_workers + self.workers
 
 
-def _evolve(obj: Any, **changes: Any) -> Any:
-    """`dataclasses.replace` for the view's plain frozen dataclasses, without re-running `__init__`.
-
-    A view is rebuilt for every chunk of worker output, so this is on the output path; it is
-    only valid for dataclasses without `__post_init__`, slots or init=False fields (all of this
-    module's).
-    """
-    assert changes.keys() <= obj.__dataclass_fields__.keys(), changes.keys()
-    new = object.__new__(type(obj))
-    d = new.__dict__
-    d.update(obj.__dict__)
-    d.update(changes)
-    return new
-
-
 def _with_row(view: RunView, row: WorkerRow) -> RunView:
     """`view` with `row` put in place of the current worker of the same local rank (or added)."""
     rows = view.workers
@@ -177,8 +161,8 @@ def _with_row(view: RunView, row: WorkerRow) -> RunView:
     if not (0 <= i < len(rows) and rows[i].local_rank == i):
         i = next((k for k, old in enumerate(rows) if old.local_rank == row.local_rank), -1)
     if i >= 0:
-        return _evolve(view, workers=(*rows[:i], row, *rows[i + 1 :]))
-    return _evolve(view, workers=tuple(sorted((*rows, row), key=lambda r: r.local_rank)))
+        return replace(view, workers=(*rows[:i], row, *rows[i + 1 :]))
+    return replace(view, workers=tuple(sorted((*rows, row), key=lambda r: r.local_rank)))
 
 
 def _run_started(v: RunView, e: ev.RunStarted) -> RunView:
@@ -192,11 +176,11 @@ def _run_started(v: RunView, e: ev.RunStarted) -> RunView:
         max_restarts=e.max_restarts,
         started_at=e.ts,
     )
-    return _evolve(v, run=run, restarts_left=e.max_restarts)
+    return replace(v, run=run, restarts_left=e.max_restarts)
 
 
 def _rendezvous_started(v: RunView, e: ev.RendezvousStarted) -> RunView:
-    return _evolve(v, attempt=e.attempt, rendezvous_pending=True)
+    return replace(v, attempt=e.attempt, rendezvous_pending=True)
 
 
 def _rendezvous_done(v: RunView, e: ev.RendezvousDone) -> RunView:
@@ -212,7 +196,7 @@ def _rendezvous_done(v: RunView, e: ev.RendezvousDone) -> RunView:
         hosts=e.hosts,
         duration=e.duration,
     )
-    return _evolve(
+    return replace(
         v,
         attempt=attempt,
         rendezvous_pending=False,
@@ -233,7 +217,7 @@ def _worker_started(v: RunView, e: ev.WorkerStarted) -> RunView:
         state=WorkerState.INIT,
         started=e.ts,
     )
-    return _evolve(_with_row(v, row), restart_count=e.restart)
+    return replace(_with_row(v, row), restart_count=e.restart)
 
 
 def _worker_state(v: RunView, e: ev.WorkerStateChanged) -> RunView:
@@ -241,22 +225,22 @@ def _worker_state(v: RunView, e: ev.WorkerStateChanged) -> RunView:
     if row is None:
         return v
     if e.new.terminal:
-        row = _evolve(row, state=e.new, ended=e.ts, exitcode=e.exitcode, signal=e.signal,
+        row = replace(row, state=e.new, ended=e.ts, exitcode=e.exitcode, signal=e.signal,
                       stopped_by_agent=e.stopped_by_agent)  # fmt: skip
     else:
-        row = _evolve(row, state=e.new)
+        row = replace(row, state=e.new)
     return _with_row(v, row)
 
 
 def _group_state(v: RunView, e: ev.GroupStateChanged) -> RunView:
-    return _evolve(v, group_state=e.new)
+    return replace(v, group_state=e.new)
 
 
 def _output(v: RunView, e: ev.WorkerOutput) -> RunView:
     row = v.worker(e.local_rank)
     if row is None:
         return v
-    return _with_row(v, _evolve(row, last_output=e.ts, progress=""))
+    return _with_row(v, replace(row, last_output=e.ts, progress=""))
 
 
 def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
@@ -264,22 +248,22 @@ def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
     if row is None:
         return v
     text = e.text.decode(errors="replace").strip()
-    return _with_row(v, _evolve(row, last_output=e.ts, progress=text))
+    return _with_row(v, replace(row, last_output=e.ts, progress=text))
 
 
 def _restart(v: RunView, e: ev.RestartDecided) -> RunView:
-    return _evolve(
+    return replace(
         v, restart_count=e.restarts_used, restarts_left=e.restarts_left, membership_restarts=e.membership_restarts
     )
 
 
 def _membership(v: RunView, e: ev.MembershipChanged) -> RunView:
     m = Membership(waiting=e.waiting, lost=e.lost, closed=e.closed, reason=e.reason)
-    return _evolve(v, membership=m)
+    return replace(v, membership=m)
 
 
 def _finished(v: RunView, e: ev.RunFinished) -> RunView:
-    return _evolve(v, finished=Finished(result=e.result, remote_failures=e.remote_failures, ts=e.ts))
+    return replace(v, finished=Finished(result=e.result, remote_failures=e.remote_failures, ts=e.ts))
 
 
 _STEPS: dict[type[ev.Event], Callable[[RunView, Any], RunView]] = {

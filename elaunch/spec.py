@@ -5,10 +5,9 @@ from __future__ import annotations
 import enum
 import signal as _signal
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from elaunch.values import Value, value
+from elaunch.values import Record, Value, field, record, value
 
 if TYPE_CHECKING:
     from elaunch.config import EntryKind
@@ -120,8 +119,8 @@ class WorkerPlan(Value):
         return self.ranks.global_rank
 
 
-@dataclass
-class Worker:
+@record
+class Worker(Record):
     """One worker process of this node, its ranks, and where it stands in this generation."""
 
     local_rank: int
@@ -141,8 +140,8 @@ class Worker:
         return cls(r.local_rank, r.global_rank, r.role_rank, r.world_size, r.role_world_size)
 
 
-@dataclass
-class WorkerGroup:
+@record
+class WorkerGroup(Record):
     """This node's workers of one role, with the group's place in the job."""
 
     spec: WorkerSpec

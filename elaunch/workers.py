@@ -9,7 +9,6 @@ through pidfds and output through the same selector: `wait` blocks until somethi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import os
@@ -18,7 +17,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from elaunch.errors import WorkerStartError
 from elaunch.events import Bus, WorkerOutput, WorkerProgress
@@ -27,7 +25,7 @@ from elaunch.reaper import Reaper
 from elaunch.signals import SelfPipe, SignalTrap, kill_group
 from elaunch.spec import WorkerPlan
 from elaunch.tails import Explanation, OutputTail
-from elaunch.values import Value, value
+from elaunch.values import Record, Value, field, record, replace, value
 
 F_SETPIPE_SZ = 1031
 PR_SET_PDEATHSIG = 1
@@ -51,8 +49,8 @@ class Exit(Value):
         return self.exitcode == 0
 
 
-@dataclass
-class Wakeup:
+@record
+class Wakeup(Record):
     """What ended a `wait`: exits, caught signals, an explicit wake, or nothing (timeout)."""
 
     exits: list[Exit] = field(default_factory=list)
@@ -60,8 +58,8 @@ class Wakeup:
     woken: bool = False
 
 
-@dataclass
-class _Proc:
+@record
+class _Proc(Record):
     plan: WorkerPlan
     popen: subprocess.Popen[bytes]
     pidfd: int | None
@@ -340,7 +338,7 @@ class LocalProcesses:
 
     def _explained(self, ex: Exit) -> Exit:
         proc = self._procs[ex.local_rank]
-        return dataclasses.replace(ex, why=proc.tail.explain(proc.plan.error_file))
+        return replace(ex, why=proc.tail.explain(proc.plan.error_file))
 
     def close(self) -> None:
         self.release()

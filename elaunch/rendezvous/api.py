@@ -9,10 +9,9 @@ the returned `NodeInfo` tuple is pure (see `elaunch.ranks`), so backends never c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from elaunch.values import Value, value
+from elaunch.values import Value, field, value
 
 if TYPE_CHECKING:
     from elaunch.rendezvous.store import Store

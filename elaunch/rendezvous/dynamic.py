@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import NoReturn
 
 from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousTimeoutError, StoreError
@@ -29,6 +28,7 @@ from elaunch.rendezvous.ports import free_port
 from elaunch.rendezvous.rounds import LastCall, NodeRecord, Placement, Round, order_nodes
 from elaunch.rendezvous.store import Store
 from elaunch.rendezvous.watcher import STORE_LOST, Beat, ControlConnection, MembershipState, Watcher, release_slot
+from elaunch.values import replace
 
 
 def default_node_id(local_addr: str | None = None) -> str:

@@ -11,11 +11,11 @@ makes the others restart too, lost nodes are noticed, and the exit barrier works
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.dynamic import DynamicRendezvous
 from elaunch.rendezvous.store import Store
+from elaunch.values import replace
 
 
 class StaticRendezvous:

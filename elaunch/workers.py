@@ -154,15 +154,9 @@ class LocalProcesses:
         return pids
 
     # -- watching -------------------------------------------------------------------------
-    def pids(self) -> dict[int, int]:
-        return {lr: p.popen.pid for lr, p in self._procs.items()}
-
     def running(self) -> list[int]:
         """Local ranks whose process has not been seen to exit."""
         return [lr for lr, p in self._procs.items() if p.exit is None]
-
-    def exits(self) -> dict[int, Exit]:
-        return {lr: p.exit for lr, p in self._procs.items() if p.exit is not None}
 
     def wake(self) -> None:
         """Make a blocked `wait` return; safe from any thread."""

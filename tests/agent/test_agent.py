@@ -85,9 +85,6 @@ class FakeProcesses:
     def running(self) -> list[int]:
         return [lr for lr in self.plans if lr not in self._exits]
 
-    def exits(self) -> dict[int, Exit]:
-        return dict(self._exits)
-
     def release(self, timeout: float = 5.0) -> list[Exit]:
         out = [self.exit(lr, sig=signal.SIGKILL) for lr in self.running()]
         self._pending.clear()

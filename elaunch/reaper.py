@@ -44,6 +44,16 @@ class Reaper:
     def watch_dir(self, path: str) -> None:
         self._send(f"d{path}")
 
+    def spawning(self, marker: str) -> None:
+        """Workers whose environment holds `marker` (`NAME=value-prefix`) are being started: should
+        the agent die before `spawned()`, the reaper kills their process groups too, found by that
+        marker (their pids may not have reached it yet, nor their parent-death signal been set)."""
+        self._send(f"s{marker}")
+
+    def spawned(self) -> None:
+        """Every worker started since `spawning` has been `watch`ed."""
+        self._send("e")
+
     def close(self) -> None:
         """Clean exit: the agent already stopped its workers; the reaper still kills leftovers."""
         if self._w is None:
@@ -54,6 +64,22 @@ class Reaper:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass
+
+
+def _groups_with_env(marker: bytes) -> set[int]:  # pragma: no cover - runs in the reaper
+    """Process groups of the processes whose environment has an entry starting with `marker`."""
+    found: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+            if b"\0" + marker in b"\0" + env:
+                found.add(os.getpgid(int(name)))
+        except OSError:
+            continue
+    return found
 
 
 def _reaper_main(fd: int) -> None:  # pragma: no cover - runs in the forked child
@@ -69,6 +95,7 @@ def _reaper_main(fd: int) -> None:  # pragma: no cover - runs in the forked chil
         os.closerange(fd + 1, 65536)
         groups: set[int] = set()
         dirs: list[str] = []
+        spawning: bytes | None = None
         buf = b""
         while True:
             chunk = os.read(fd, 65536)
@@ -84,6 +111,12 @@ def _reaper_main(fd: int) -> None:  # pragma: no cover - runs in the forked chil
                     groups.discard(int(line[1:]))
                 elif line.startswith("d"):
                     dirs.append(line[1:])
+                elif line.startswith("s"):
+                    spawning = raw[1:]
+                elif line == "e":
+                    spawning = None
+        if spawning:
+            groups.update(_groups_with_env(spawning))
         for pgid in groups:
             try:
                 os.killpg(pgid, signal.SIGKILL)

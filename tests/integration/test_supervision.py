@@ -265,3 +265,51 @@ def test_workers_run_in_their_own_process_groups(tmp_path: Path) -> None:
     assert os.getpgid(pids[1]) == workers[0]
     p.send_signal(signal.SIGTERM)
     assert _finish(p)[0] == 143
+
+
+@pytest.mark.timeout(30)
+def test_reaper_kills_workers_started_but_not_yet_registered_when_the_agent_dies(tmp_path: Path) -> None:
+    # setpriv sets the parent-death signal after the fork: an agent SIGKILLed in between would leave
+    # that worker running. The reaper finds the generation's workers by their error-file path.
+    import sys
+
+    from elaunch.reaper import Reaper
+
+    run = tmp_path / "run"
+    reaper = Reaper()
+    reaper.spawning(f"TORCHELASTIC_ERROR_FILE={run}/attempt_0/")
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    marked = subprocess.Popen(
+        sleep, env={**os.environ, "TORCHELASTIC_ERROR_FILE": f"{run}/attempt_0/0/error.json"}, start_new_session=True
+    )
+    other = subprocess.Popen(
+        sleep, env={**os.environ, "TORCHELASTIC_ERROR_FILE": f"{run}/attempt_1/0/error.json"}, start_new_session=True
+    )
+    try:
+        assert reaper._w is not None
+        os.close(reaper._w)  # the agent's end of the pipe closes as if it were SIGKILLed: no spawned()
+        reaper._w = None
+        os.waitpid(reaper.pid, 0)
+        assert marked.wait(timeout=10) == -signal.SIGKILL
+        assert other.poll() is None  # another generation's worker is not touched
+    finally:
+        for p in (marked, other):
+            p.kill()
+            p.wait(timeout=10)
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_that_cannot_be_executed_is_a_start_failure(tmp_path: Path) -> None:
+    from elaunch.workers import check_executable
+
+    env = {"PATH": "/usr/bin:/bin"}
+    ok = write_script(tmp_path, "ok.sh", "#!/bin/sh\nexit 0\n")
+    ok.chmod(0o755)
+    assert check_executable(str(ok), env) is None and check_executable("true", env) is None
+    assert check_executable(str(tmp_path / "none"), env) == "No such file or directory"
+    assert check_executable("no-such-program-xyz", env) == "No such file or directory"
+    plain = write_script(tmp_path, "plain.sh", "exit 0\n")
+    assert check_executable(str(plain), env) == "Permission denied"
+    bad = write_script(tmp_path, "bad.sh", "#!/nonexistent/sh\n")
+    bad.chmod(0o755)
+    assert check_executable(str(bad), env) == "No such file or directory (interpreter /nonexistent/sh)"

@@ -236,16 +236,34 @@ def check_port(port: int, option: str, allow_zero: bool = False) -> int:
     return port
 
 
-def parse_rdzv_conf(value: str) -> dict[str, object]:
-    """`k=v,k=v` with torchrun's keys; numbers must be positive, flags true/false/1/0."""
+def _unquote(text: str) -> str:
+    """`'a'` or `"a"` -> `a`: quotes that reached us literally (a Makefile, a list of argv in Python)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1].strip()
+    return text
+
+
+def rdzv_conf_keys() -> list[str]:
+    """Every --rdzv-conf key some backend reads."""
+    return sorted([*RDZV_CONF_DEFAULTS, TIMEOUT_ALIAS, *RDZV_CONF_FLAGS, *RDZV_CONF_STRINGS])
+
+
+def parse_rdzv_conf(value: str, warnings: list[str] | None = None) -> dict[str, object]:
+    """`k=v,k=v` as torchrun reads it: numbers must be positive, flags true/false/1/0.
+
+    Quotes around the whole value or around one value are dropped (torchrun's own launcher tests
+    pass `--rdzv-conf='join_timeout=5,...'`). A key no backend reads is not refused, as torchrun
+    keeps any key: it is left out and named in `warnings`, with the closest known key.
+    Raises ConfigError for what torchrun refuses too (an item that is not `key=value`).
+    """
     conf: dict[str, object] = {}
-    v = value.strip()
+    v = _unquote(value)
     if not v:
         return conf
-    known = sorted([*RDZV_CONF_DEFAULTS, TIMEOUT_ALIAS, *RDZV_CONF_FLAGS, *RDZV_CONF_STRINGS])
     for item in v.split(","):
         key, eq, raw = item.partition("=")
-        key, raw = key.strip(), raw.strip()
+        key, raw = _unquote(key), _unquote(raw)
         if not eq or not key:
             raise ConfigError(f"--rdzv-conf: expected key=value pairs separated by commas, got {item!r}")
         if key in RDZV_CONF_DEFAULTS or key == TIMEOUT_ALIAS:
@@ -258,8 +276,12 @@ def parse_rdzv_conf(value: str) -> dict[str, object]:
             conf[key] = low in ("1", "true", "yes")
         elif key in RDZV_CONF_STRINGS:
             conf[key] = raw
-        else:
-            raise ConfigError(f"--rdzv-conf: unknown key {key!r} (known: {', '.join(known)})")
+        elif warnings is not None:
+            import difflib  # only for this message
+
+            close = difflib.get_close_matches(key, rdzv_conf_keys(), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(rdzv_conf_keys())})"
+            warnings.append(f"--rdzv-conf {key}: no backend reads this key; ignored{hint}")
     return conf
 
 

@@ -78,7 +78,7 @@ def worker_prefix(opts: ConsoleOptions, view: RunView, local_rank: int, global_r
         width = len(str(max(view.world_size - 1, 0)))
         label = f"{global_rank:>{width}}"
         text = f"[{opts.host}:{label}] " if opts.multi_node else f"[{label}] "
-    if opts.color:
+    if opts.color and text:
         return f"\x1b[{COLORS[global_rank % len(COLORS)]}m{text}\x1b[0m"
     return text
 

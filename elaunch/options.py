@@ -102,6 +102,22 @@ def _check_readable(path: str | None, what: str) -> None:
         raise ConfigError(f"--rdzv-conf {what}: no such file: {path}")
 
 
+def _one_node_port(backend: str, endpoint: Endpoint | None, master_port: int | None, standalone: bool) -> int:
+    """MASTER_PORT when one node needs no rendezvous (0: a free port, picked each round).
+
+    The port the user named wins: --master-port, else the c10d/static endpoint's port (torchrun's
+    c10d shares its store with the workers there; `host:0` is torchrun's recipe for several jobs on
+    one host, so each gets its own port). An etcd endpoint is etcd's own port: a free one instead.
+    """
+    if master_port is not None:
+        return master_port
+    if standalone or (endpoint is not None and backend in cfg.ETCD_BACKENDS):
+        return 0
+    if endpoint is not None:
+        return endpoint.port
+    return cfg.DEFAULT_MASTER_PORT
+
+
 def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: list[str]) -> RendezvousConfig:
     """Where and how this node meets the others, every setting checked (torchrun's rules)."""
     min_n, max_n = cfg.parse_nnodes(opts["nnodes"])
@@ -110,7 +126,7 @@ def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: l
         raise ConfigError(f"--rdzv-backend must be one of {', '.join(cfg.RDZV_BACKENDS)}, got {backend!r}")
     etcd = backend in cfg.ETCD_BACKENDS
     endpoint = cfg.parse_endpoint(opts["rdzv_endpoint"], cfg.DEFAULT_ETCD_PORT if etcd else cfg.DEFAULT_C10D_PORT)
-    conf = cfg.parse_rdzv_conf(opts["rdzv_conf"])
+    conf = cfg.parse_rdzv_conf(opts["rdzv_conf"], warnings)
     master_port = cfg.parse_count(opts["master_port"], "--master-port")
     if master_port is not None:
         cfg.check_port(master_port, "--master-port")
@@ -141,7 +157,7 @@ def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: l
             backend="local",
             run_id=run_id,
             master_addr=(local_addr or "127.0.0.1") if standalone else master_addr,
-            master_port=0 if standalone else (master_port or cfg.DEFAULT_MASTER_PORT),
+            master_port=_one_node_port(backend, endpoint, master_port, standalone),
             local_addr=local_addr,
             standalone=standalone,
         )
@@ -209,7 +225,10 @@ def _output(opts: Mapping[str, Any], env: Mapping[str, str], warnings: list[str]
         duplicate_filters={k: v for k, v in dup.items() if v},
         local_ranks_filter=cfg.parse_rank_set(opts["local_ranks_filter"], "--local-ranks-filter"),
         ranks_filter=cfg.parse_rank_set(opts["ranks_filter"], "--ranks-filter"),
-        log_line_prefix=opts["log_line_prefix"] or env.get("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE") or None,
+        # An empty template is a choice (no prefix), not a missing one.
+        log_line_prefix=opts["log_line_prefix"]
+        if opts["log_line_prefix"] is not None
+        else env.get("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE") or None,  # torch ignores it when empty
         live=False if opts["no_live"] else None,
         summary_file=opts["summary_file"],
         events_file=opts["events_file"],

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from elaunch.tails import LAST_LINES
-from tests.helpers import ELAUNCH, run_elaunch, write_script
+from scripts.testbed import free_port
+from tests.helpers import ELAUNCH, run_elaunch, start_elaunch, write_script
 
 ENV_KEYS = [
     "RANK",
@@ -447,3 +448,45 @@ def test_local_addr_is_master_addr_standalone(tmp_path: Path) -> None:
     r = run_elaunch(["--standalone", "--local-addr", "localhost", str(script)])
     assert r.returncode == 0, r.stderr
     assert _envs(tmp_path, 1)[0]["MASTER_ADDR"] == "localhost"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0"],
+        ["--nnodes", "1:1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0"],
+        ["--rdzv-backend", "etcd", "--rdzv-endpoint", "localhost:2379"],
+        ["--standalone"],
+    ],
+)
+def test_one_node_jobs_started_together_get_their_own_port(tmp_path: Path, args: list[str]) -> None:
+    # torchrun's recipe for several jobs on one host; a shared MASTER_PORT made the second fail or,
+    # worse, join the first one's process group.
+    script = write_script(tmp_path, "p.py", "import os\nprint('port', os.environ['MASTER_PORT'])\n")
+    jobs = [start_elaunch(["--nnodes", "1", "--nproc-per-node", "2", *args, str(script)]) for _ in range(2)]
+    ports = []
+    for p in jobs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        (port,) = set(re.findall(r"port (\d+)", out))  # both workers of a job agree
+        ports.append(int(port))
+    assert ports[0] != ports[1] and not {29500, 2379} & set(ports), ports
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["c10d", "static"])
+def test_one_node_uses_the_endpoint_port_the_user_named(tmp_path: Path, backend: str) -> None:
+    port = free_port()
+    script = write_script(tmp_path, "p.py", "import os\nprint('port', os.environ['MASTER_PORT'])\n")
+    r = run_elaunch(["--rdzv-backend", backend, "--rdzv-endpoint", f"127.0.0.1:{port}", str(script)])
+    assert r.returncode == 0, r.stderr
+    assert f"port {port}" in r.stdout
+
+
+@pytest.mark.timeout(60)
+def test_an_empty_log_line_prefix_means_no_prefix(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "h.py", "print('hello')\n")
+    r = run_elaunch(["--nproc-per-node", "2", "--log-line-prefix", "", str(script)])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "hello\nhello\n"

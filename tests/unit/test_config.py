@@ -77,9 +77,19 @@ def test_rdzv_conf() -> None:
         ("join_timeout=abc", "expected a number"),
         ("join_timeout=-1", "greater than 0"),
         ("is_host=maybe", "true or false"),
-        ("bogus=1", "unknown key"),
     ],
 )
+def test_rdzv_conf_quotes_and_unknown_keys() -> None:
+    # torchrun's launcher tests pass --rdzv-conf='join_timeout=5,last_call_timeout=1,timeout=5' with the quotes.
+    warnings: list[str] = []
+    conf = cfg.parse_rdzv_conf("'join_timeout=5,last_call_timeout=1,timeout=5'", warnings)
+    assert conf == {"join_timeout": 5.0, "last_call_timeout": 1.0, "timeout": 5.0} and warnings == []
+    assert cfg.parse_rdzv_conf("read_timeout=\"7\", is_host='true'", warnings) == {"read_timeout": 7.0, "is_host": True}
+    assert cfg.parse_rdzv_conf("join_timout=9,bogus=1,read_timeout=2", warnings) == {"read_timeout": 2.0}
+    assert warnings[0] == "--rdzv-conf join_timout: no backend reads this key; ignored (did you mean join_timeout?)"
+    assert warnings[1].startswith("--rdzv-conf bogus: no backend reads this key; ignored (known: ca_cert, ")
+
+
 def test_rdzv_conf_bad(value: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         cfg.parse_rdzv_conf(value)

@@ -320,6 +320,10 @@ def test_dry_run_prints_the_environment_the_workers_get(tmp_path: Path, args: li
     [
         (["--standalone", "--rdzv-id", "mine"], "--standalone: --rdzv-id ignored"),
         (
+            ["--rdzv-conf", "join_timout=3"],
+            "--rdzv-conf join_timout: no backend reads this key; ignored (did you mean join_timeout?)",
+        ),
+        (
             ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h:1", "--rdzv-conf", "cacert=/x"],
             "--rdzv-conf cacert: etcd settings, ignored by --rdzv-backend c10d",
         ),

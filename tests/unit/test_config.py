@@ -69,16 +69,6 @@ def test_rdzv_conf() -> None:
     assert cfg.parse_rdzv_conf("") == {}
 
 
-@pytest.mark.parametrize(
-    ("value", "match"),
-    [
-        ("join_timeout", "key=value"),
-        ("=3", "key=value"),
-        ("join_timeout=abc", "expected a number"),
-        ("join_timeout=-1", "greater than 0"),
-        ("is_host=maybe", "true or false"),
-    ],
-)
 def test_rdzv_conf_quotes_and_unknown_keys() -> None:
     # torchrun's launcher tests pass --rdzv-conf='join_timeout=5,last_call_timeout=1,timeout=5' with the quotes.
     warnings: list[str] = []
@@ -90,6 +80,16 @@ def test_rdzv_conf_quotes_and_unknown_keys() -> None:
     assert warnings[1].startswith("--rdzv-conf bogus: no backend reads this key; ignored (known: ca_cert, ")
 
 
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("join_timeout", "key=value"),
+        ("=3", "key=value"),
+        ("join_timeout=abc", "expected a number"),
+        ("join_timeout=-1", "greater than 0"),
+        ("is_host=maybe", "true or false"),
+    ],
+)
 def test_rdzv_conf_bad(value: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         cfg.parse_rdzv_conf(value)

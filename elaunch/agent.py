@@ -133,7 +133,7 @@ class Agent:
             result = self._invoke_run()
         except _Interrupted as intr:
             self._stop_workers(intr.sig)
-            note = self._close(f"{self._host} was stopped by {signal_name(intr.sig)}")
+            note = self._leave(f"{self._host} was stopped by {signal_name(intr.sig)}")
             result = self._result(WorkerState.STOPPED, interrupted_by=intr.sig, message=note)
         except RendezvousClosedError as e:
             self._stop_workers(signal.SIGTERM)
@@ -391,6 +391,16 @@ class Agent:
             self._published = summary
         except RendezvousError:
             pass
+
+    def _leave(self, reason: str) -> str | None:
+        """Leave the job (an elastic one goes on without this node) or close it; says which, or why
+        the other nodes could not be told."""
+        try:
+            if self._rdzv.leave(reason):
+                return f"{self._host} left the job; the other nodes go on without it"
+        except RendezvousError as e:
+            return f"could not tell the other nodes: {e.message}"
+        return None
 
     def _close(self, reason: str) -> str | None:
         """Close the job for every node; returns why the other nodes could not be told, if so."""

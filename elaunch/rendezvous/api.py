@@ -189,6 +189,12 @@ class Rendezvous(Protocol):
         """Close the job for every node (this node gives up, failed, or was stopped)."""
         ...
 
+    def leave(self, reason: str) -> bool:
+        """This node stops (a signal): leave the job if the others can go on without it (elastic,
+        at least MIN left), which they see at once as a lost node; else close it (`set_closed`).
+        Returns True when the job goes on without this node."""
+        ...
+
     def exit_barrier(self, timeout: float) -> None:
         """Block until every node of the current round has finished, or `timeout` passes."""
         ...

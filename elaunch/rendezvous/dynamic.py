@@ -196,6 +196,26 @@ class DynamicRendezvous:
             self._state.closed_by_store(got)
         self._state.notify()
 
+    def leave(self, reason: str) -> bool:
+        """Leave the job without ending it when `rounds.can_leave` says the others go on: this node's
+        slot of the round is released and it is reported lost there (every watcher sees it on its
+        next beat and wakes its agent), and it is `gone` for later rounds; else close the job.
+        Returns True when the job goes on. Raises `StoreError` if the store cannot be told."""
+        rv = self._state.round
+        others = None if rv is None else rv.size - 1 - len(self._state.lost)
+        if self._state.closed is not None or not rounds.can_leave(
+            self._min, self._max, others, hosts_store=bool(getattr(self._store, "is_host", False))
+        ):
+            self.set_closed(reason)
+            return False
+        assert rv is not None
+        me = rv.nodes[rv.rank]
+        with self._ctl.use() as ctl:
+            if release_slot(ctl, self._k, rv, rv.rank, f"left:{self._id}"):
+                ctl.append(self._k.round(rv.number).lost, rounds.lost_line(rv.rank, me.info.host, self._id))
+            ctl.append(self._k.gone, self._id + "\n")
+        return True
+
     def exit_barrier(self, timeout: float) -> None:
         """Wait until every node of the current round has called this, or `timeout`.
 

@@ -66,6 +66,11 @@ class LocalRendezvous:
     def set_closed(self, reason: str) -> None:
         self._closed = reason
 
+    def leave(self, reason: str) -> bool:
+        """One node: leaving ends the job."""
+        self.set_closed(reason)
+        return False
+
     def exit_barrier(self, timeout: float) -> None:
         """Only this node: nothing to wait for."""
 

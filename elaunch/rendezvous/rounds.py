@@ -171,6 +171,13 @@ def enough_joined(live: int, min_nodes: int) -> bool:
     return live >= min_nodes
 
 
+def can_leave(min_nodes: int, max_nodes: int, others_left: int | None, hosts_store: bool) -> bool:
+    """Whether a node that is stopped may leave the job without ending it: the job is elastic
+    (MIN < MAX), it has a round, at least MIN other nodes of it are still in, and the node does not
+    host the store (the others would lose it). torchrun re-forms without a node stopped by a signal."""
+    return min_nodes < max_nodes and others_left is not None and others_left >= min_nodes and not hosts_store
+
+
 def survivors(group: Collection[str], lost: Collection[str], gone: Collection[str]) -> set[str]:
     """Ids of the previous round's group that are expected back: not found lost, not gone."""
     return set(group) - set(lost) - set(gone)

@@ -92,6 +92,10 @@ class StaticRendezvous:
     def set_closed(self, reason: str) -> None:
         self._dyn.set_closed(reason)
 
+    def leave(self, reason: str) -> bool:
+        """A fixed set of nodes (MIN = MAX): leaving ends the job."""
+        return self._dyn.leave(reason)
+
     def exit_barrier(self, timeout: float) -> None:
         self._dyn.exit_barrier(timeout)
 

@@ -221,6 +221,16 @@ def test_exit_barrier_timeout_warning_names_the_barrier_once(agents: Agents, tmp
     assert "warning: exit barrier: 1 of 2 nodes finished within 2 s" in lines, lines
 
 
+def sigterm_the_second_node(agents: Agents, args: list[str]) -> None:
+    """Agent a hosts the store, b joins it; once b's worker runs in a round of two, b gets SIGTERM."""
+    agents.start("a", args)
+    wait_until(lambda: "run lo-" in agents.err("a"), 60, "agent a to host the store and start")
+    agents.start("b", args)
+    wait_until(lambda: len(agents.envs("b")) == 1, 60, "b's worker to start in a round of two")
+    agents.procs["b"].send_signal(signal.SIGTERM)
+    assert agents.wait("b") == 128 + signal.SIGTERM, agents.err("b")
+
+
 @needs_torch
 @pytest.mark.torch
 @pytest.mark.timeout(120)
@@ -235,12 +245,7 @@ def test_a_node_stopped_by_a_signal_leaves_an_elastic_job_that_goes_on(agents: A
     # A long last call: round 0 waits for b (it ends as soon as both joined, MAX = 2).
     common = [*c10d(free_port(), "1:2"), "--max-restarts", "0"]
     common[common.index(CONF)] = CONF.replace("last_call_timeout=1", "last_call_timeout=30")
-    agents.start("a", [*common, str(script)])
-    wait_until(lambda: "run lo-" in agents.err("a"), 60, "agent a to host the store and start")
-    agents.start("b", [*common, str(script)])
-    wait_until(lambda: len(agents.envs("b")) == 1, 60, "b's worker to start in a round of two")
-    agents.procs["b"].send_signal(signal.SIGTERM)
-    assert agents.wait("b") == 128 + signal.SIGTERM, agents.err("b")
+    sigterm_the_second_node(agents, [*common, str(script)])
     assert "left the job; the other nodes go on without it" in agents.err("b")
     assert agents.wait("a") == 0, agents.err("a")
     assert "lost node(s)" in agents.err("a")
@@ -255,11 +260,6 @@ def test_a_node_stopped_by_a_signal_ends_a_job_that_cannot_go_on(agents: Agents,
     # MIN = MAX: the others cannot go on without it, so the job is closed for all of them.
     script = write_script(tmp_path, "w.py", ENV_SCRIPT + "import time\ntime.sleep(60)\n")
     common = c10d(free_port(), "2")
-    agents.start("a", [*common, str(script)])
-    wait_until(lambda: "run lo-" in agents.err("a"), 60, "agent a to host the store and start")
-    agents.start("b", [*common, str(script)])
-    wait_until(lambda: len(agents.envs("b")) == 1, 60, "b's worker to start")
-    agents.procs["b"].send_signal(signal.SIGTERM)
-    assert agents.wait("b") == 128 + signal.SIGTERM, agents.err("b")
+    sigterm_the_second_node(agents, [*common, str(script)])
     assert agents.wait("a") == 1, agents.err("a")
     assert "was stopped by SIGTERM" in agents.err("a")

@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 from elaunch import events as ev
 from elaunch.errors import RendezvousClosedError, RendezvousError, WorkerStartError
 from elaunch.failures import cause_text, failure_summary
-from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, worker_exit_state
+from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, stopped_by_agent, worker_exit_state
 from elaunch.ranks import worker_plans
 from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous
 from elaunch.signals import signal_name
@@ -103,6 +103,7 @@ class Agent:
         self._attempt = -1
         self._shutdown_signals: list[int] = []
         self._stopping = False
+        self._stop_signal: int | None = None
         self._last_membership = Membership()
         self._published: str | None = None
         rdzv.set_wakeup(procs.wake)
@@ -281,8 +282,14 @@ class Agent:
 
     # -- stopping ---------------------------------------------------------------------------
     def _stop_workers(self, sig: int) -> None:
-        """Signal every worker group, wait one grace period, then SIGKILL and reap (bounded)."""
-        self._stopping = True
+        """Signal every worker group, wait one grace period, then SIGKILL and reap (bounded).
+
+        Exits that already happened are recorded first, as the workers' own: a worker that failed
+        while another's failure was being handled is a failure too, not "stopped by elaunch"."""
+        woke = self._procs.wait(0)
+        self._record_exits(woke.exits)
+        self._handle_signals(woke.signals)
+        self._stopping, self._stop_signal = True, sig
         running = self._procs.running()
         if running:
             self._procs.send(sig)
@@ -327,10 +334,11 @@ class Agent:
             w = self._group.worker(ex.local_rank)
             if w is None or w.state.terminal:
                 continue
-            new = worker_exit_state(ex.ok, self._stopping)
+            by_agent = stopped_by_agent(self._stopping, ex.signal, self._stop_signal)
+            new = worker_exit_state(ex.ok, by_agent)
             if new != WorkerState.SUCCEEDED:
-                w.failure = self._failure(ex, self._stopping)
-            self._set_worker_state(w, new, ex, self._stopping)
+                w.failure = self._failure(ex, by_agent)
+            self._set_worker_state(w, new, ex, by_agent)
 
     def _failure(self, ex: Exit, by_agent: bool) -> WorkerFailure:
         return WorkerFailure(

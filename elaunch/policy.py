@@ -86,6 +86,15 @@ def reform_reason(m: Membership) -> str:
     return f"{m.waiting} node(s) waiting to join" if m.waiting else f"lost node(s): {', '.join(m.lost)}"
 
 
+def stopped_by_agent(stopping: bool, exit_signal: int | None, sent: int | None) -> bool:
+    """Whether a worker that ended while the agent was stopping the group ended because of it:
+    killed by the signal the agent sent or by SIGKILL, or exited with a code (a handler that
+    exits on the stop signal). Killed by another signal (SIGSEGV, SIGABRT...) it failed on its own."""
+    if not stopping:
+        return False
+    return exit_signal is None or exit_signal in (sent, 9)
+
+
 def worker_exit_state(ok: bool, stopped_by_agent: bool) -> WorkerState:
     """A worker's state once it ended: exit 0 is SUCCEEDED; else STOPPED when the agent stopped it, FAILED otherwise."""
     if ok:

@@ -64,7 +64,7 @@ class FakeProcesses:
             for ex in out:
                 self._exits[ex.local_rank] = ex
             return Wakeup(exits=out)
-        if not self.script:
+        if not self.script or timeout == 0:  # a zero timeout only polls: what already happened
             if timeout is not None:
                 return Wakeup()
             raise AssertionError("agent waits but the script is over")
@@ -339,3 +339,26 @@ def test_failed_node_says_when_the_others_could_not_be_told(tmp_path: Path) -> N
     assert result.exit_code == 1
     assert result.message is not None
     assert result.message.startswith("could not close the job for the other nodes: rendezvous store at host1:29400")
+
+
+def test_a_worker_that_fails_on_its_own_while_the_group_is_stopped_is_a_failure(tmp_path: Path) -> None:
+    # Rank 1 fails; while the group is being stopped, rank 0 (which ignores SIGTERM) segfaults:
+    # that is its own failure, not "stopped by elaunch".
+    procs = FakeProcesses([exits((1, 1)), lambda f: Wakeup(exits=[f.exit(0, sig=signal.SIGSEGV)])], ignore_term={0})
+    agent, _ = make_agent(procs, tmp_path)
+    result = agent.run()
+    assert not result.failures[0].stopped_by_agent and result.failures[0].signal == signal.SIGSEGV
+    assert result.root_cause is not None and result.root_cause.global_rank == 1
+
+
+def test_exits_that_happened_before_the_stop_are_the_workers_own(tmp_path: Path) -> None:
+    def both_fail(f: FakeProcesses) -> Wakeup:
+        first = f.exit(1, code=1)
+        f._pending.append(f.exit(0, code=2, now=False))  # a moment later, seen only at the next poll
+        return Wakeup(exits=[first])
+
+    procs = FakeProcesses([both_fail])
+    agent, _ = make_agent(procs, tmp_path)
+    result = agent.run()
+    assert not result.failures[0].stopped_by_agent and result.failures[0].exitcode == 2
+    assert result.root_cause is not None and result.root_cause.global_rank == 1

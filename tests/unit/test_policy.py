@@ -6,7 +6,15 @@ import signal
 
 import pytest
 
-from elaunch.policy import Action, SignalPolicy, decide, group_state, reform_reason, worker_exit_state
+from elaunch.policy import (
+    Action,
+    SignalPolicy,
+    decide,
+    group_state,
+    reform_reason,
+    stopped_by_agent,
+    worker_exit_state,
+)
 from elaunch.rendezvous.api import Membership
 from elaunch.spec import WorkerFailure, WorkerState, root_cause
 
@@ -78,3 +86,13 @@ def test_signal_policy_first_second_third() -> None:
     assert p.action(signal.SIGUSR1, 0) == "forward"
     assert [p.action(signal.SIGINT, n) for n in range(4)] == ["shutdown", "kill", "ignored", "ignored"]
     assert p.action(signal.SIGUSR1, 5) == "forward"
+
+
+@pytest.mark.timeout(10)
+def test_stopped_by_agent() -> None:
+    assert not stopped_by_agent(False, signal.SIGTERM, None)  # not stopping: its own end
+    assert stopped_by_agent(True, signal.SIGTERM, signal.SIGTERM) and stopped_by_agent(
+        True, signal.SIGKILL, signal.SIGINT
+    )
+    assert stopped_by_agent(True, None, signal.SIGTERM)  # exited with a code: a handler of the stop signal
+    assert not stopped_by_agent(True, signal.SIGSEGV, signal.SIGTERM)  # crashed on its own meanwhile

@@ -11,9 +11,10 @@ text of the table comes from the pure `job_text` and `status_rows`.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import psutil
 from rich.console import Console, Group
@@ -80,17 +81,34 @@ def status_rows(view: RunView, now: float, usage: Mapping[int, tuple[str, str]])
     return rows
 
 
+CPU_INTERVAL = 1.0
+"""Seconds of wall time a CPU percentage is measured over, at least. CPU times advance in clock
+ticks (10 ms): over the few milliseconds between two redraws one tick read as 500 %."""
+
+
+def cpu_percent(cpu_seconds: float, wall_seconds: float, ncpu: int) -> float:
+    """CPU time over wall time, in percent of one core, at most `ncpu` cores' worth."""
+    if wall_seconds <= 0:
+        return 0.0
+    return max(0.0, min(100.0 * cpu_seconds / wall_seconds, 100.0 * ncpu))
+
+
 class ProcessUsage:
     """CPU and memory of workers by pid, sampled with psutil; callable from any thread.
 
-    Keeps one `psutil.Process` per pid (CPU percentages are measured between two calls on the
-    same object), dropped once its pid is no longer asked for. A lock serialises the samplers:
-    rich renders the status area from its refresh thread and from the thread that prints.
+    Keeps one `psutil.Process` per pid, dropped once its pid is no longer asked for. The CPU
+    percentage is measured over at least `CPU_INTERVAL` seconds (between, the last one is shown).
+    A lock serialises the samplers: rich renders the status area from its refresh thread and
+    from the thread that prints.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._procs: dict[int, psutil.Process | None] = {}
+        self._cpu: dict[int, tuple[float, float, str]] = {}
+        """pid -> (when, CPU seconds then, the percentage shown since)."""
+        self._clock = clock
+        self._ncpu = os.cpu_count() or 1
 
     def sample(self, pids: Iterable[int]) -> dict[int, tuple[str, str]]:
         """pid -> (`"12%"`, `"130M"`) for each pid that can be read (RSS in MiB)."""
@@ -99,6 +117,7 @@ class ProcessUsage:
             wanted = set(pids)
             for pid in [p for p in self._procs if p not in wanted]:
                 del self._procs[pid]
+                self._cpu.pop(pid, None)
             for pid in wanted:
                 if pid not in self._procs:
                     self._procs[pid] = self._open(pid)
@@ -107,16 +126,25 @@ class ProcessUsage:
                     continue
                 try:
                     with proc.oneshot():
-                        out[pid] = (f"{proc.cpu_percent(None):.0f}%", f"{proc.memory_info().rss / 2**20:.0f}M")
+                        times, rss = proc.cpu_times(), proc.memory_info().rss
                 except psutil.Error:
-                    pass
+                    continue
+                out[pid] = (self._cpu_text(pid, times.user + times.system), f"{rss / 2**20:.0f}M")
         return out
+
+    def _cpu_text(self, pid: int, cpu: float) -> str:
+        now = self._clock()
+        since, cpu_then, shown = self._cpu.get(pid, (now, cpu, "0%"))
+        if pid not in self._cpu or now - since >= CPU_INTERVAL:
+            if pid in self._cpu:
+                shown = f"{cpu_percent(cpu - cpu_then, now - since, self._ncpu):.0f}%"
+            self._cpu[pid] = (now, cpu, shown)
+        return shown
 
     @staticmethod
     def _open(pid: int) -> psutil.Process | None:
         try:
             proc = psutil.Process(pid)
-            proc.cpu_percent(None)  # the first call starts the measurement
         except psutil.Error:
             return None
         return proc

@@ -137,3 +137,19 @@ def test_process_usage_reads_running_processes_only() -> None:
     cpu, mem = first[me]
     assert cpu.endswith("%") and mem.endswith("M") and int(mem[:-1]) > 0
     assert usage.sample([]) == {}
+
+
+def test_cpu_percent_is_measured_over_a_second_and_capped() -> None:
+    from elaunch.liveview import CPU_INTERVAL, cpu_percent
+
+    assert cpu_percent(0.5, 1.0, 2) == 50.0
+    assert cpu_percent(0.01, 0.002, 2) == 200.0  # one clock tick over 2 ms: capped at the machine
+    assert cpu_percent(1.0, 0.0, 2) == 0.0
+    t = [100.0]
+    usage = ProcessUsage(clock=lambda: t[0])
+    me = os.getpid()
+    assert usage.sample([me])[me][0] == "0%"  # no measurement yet
+    sum(range(200_000))  # some CPU time, within the same instant of the fake clock
+    assert usage.sample([me])[me][0] == "0%"  # less than CPU_INTERVAL since: the last value, not a spike
+    t[0] += CPU_INTERVAL
+    assert int(usage.sample([me])[me][0][:-1]) <= 100 * (os.cpu_count() or 1)

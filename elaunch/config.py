@@ -267,7 +267,7 @@ def parse_rdzv_conf(value: str, warnings: list[str] | None = None) -> dict[str, 
         if not eq or not key:
             raise ConfigError(f"--rdzv-conf: expected key=value pairs separated by commas, got {item!r}")
         if key in RDZV_CONF_DEFAULTS or key == TIMEOUT_ALIAS:
-            num = parse_positive_float(raw, f"--rdzv-conf {key}")
+            num = parse_seconds(raw, f"--rdzv-conf {key}")
             conf[key] = max(1, int(num)) if key == "keep_alive_max_attempt" else num
         elif key in RDZV_CONF_FLAGS:
             low = raw.lower()
@@ -417,11 +417,6 @@ def parse_seconds(value: str | float, option: str, *, allow_zero: bool = False) 
     if f < 0 or (f == 0 and not allow_zero):
         raise ConfigError(f"{option}: must be {'0 or more' if allow_zero else 'greater than 0'} seconds, got {value!r}")
     return f
-
-
-def parse_positive_float(value: str | float, option: str) -> float:
-    """A finite number of seconds > 0 (see `parse_seconds`)."""
-    return parse_seconds(value, option)
 
 
 def substitute_local_rank(args: tuple[str, ...], local_rank: int) -> tuple[str, ...]:

@@ -314,7 +314,8 @@ class LocalProcesses:
                 if not self._read(proc.plan.local_rank, stream):
                     break
 
-    def _reap(self, local_rank: int, result: Wakeup) -> None:
+    def _reap(self, local_rank: int, result: Wakeup, explain: bool = True) -> None:
+        """Record a finished worker's exit; `explain=False` when the caller explains it later (release)."""
         proc = self._procs.get(local_rank)
         if proc is None or proc.exit is not None:
             return
@@ -337,7 +338,7 @@ class LocalProcesses:
             exitcode=rc if rc >= 0 else None,
             signal=-rc if rc < 0 else None,
             ts=ts,
-            why=proc.tail.explain(proc.plan.error_file),
+            why=proc.tail.explain(proc.plan.error_file) if explain else Explanation(),
         )
         proc.exit = ex
         result.exits.append(ex)
@@ -369,7 +370,7 @@ class LocalProcesses:
             if proc.exit is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.popen.wait(max(0.0, deadline - time.monotonic()))
-                self._reap(lr, result)
+                self._reap(lr, result, explain=False)  # explained below, once the pipes are read
         # Pipes may be held by children the kill just ended: read them to EOF, bounded.
         while any(p.fds for p in self._procs.values()) and time.monotonic() < deadline:
             for key, _ in self._sel.select(max(0.0, deadline - time.monotonic())):

@@ -106,6 +106,11 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--no-live", own=True, flag=True, help="Plain line-oriented output even on a terminal."),
     Opt("--summary-file", own=True, help="Write a JSON summary of the run here."),
     Opt("--events-file", own=True, help="Write every event as a JSON line here."),
+    Opt(
+        "--progress-pattern",
+        own=True,
+        help="A regex with a (?P<step>...) group (and optionally (?P<total>...)) that progress lines match.",
+    ),
     Opt("--dry-run", own=True, flag=True, help="Print the resolved plan (ranks, environment, argv) and start nothing."),
 )
 _UNSET = object()

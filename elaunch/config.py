@@ -113,6 +113,8 @@ class LaunchConfig(Value):
     shutdown_timeout: float = 30.0
     exit_barrier_timeout: float = 300.0
     virtual_local_rank: bool = False
+    progress_pattern: str | None = None
+    """`--progress-pattern`: a regex with a `step` group (and optionally `total`) matching progress lines."""
     warnings: tuple[str, ...] = ()
     """Options given but without effect here (torchrun ignores them too); shown at start."""
     dry_run: bool = False
@@ -417,6 +419,24 @@ def parse_seconds(value: str | float, option: str, *, allow_zero: bool = False) 
     if f < 0 or (f == 0 and not allow_zero):
         raise ConfigError(f"{option}: must be {'0 or more' if allow_zero else 'greater than 0'} seconds, got {value!r}")
     return f
+
+
+def parse_progress_pattern(value: str | None) -> str | None:
+    """`--progress-pattern`: a regular expression with a named group `step` (and optionally `total`)
+    that a worker's progress lines match, e.g. `step (?P<step>\\d+)/(?P<total>\\d+)`; None = not given.
+
+    Returned as the source text (compiled where it is used). Raises ConfigError for a regex that does
+    not compile or has no `step` group.
+    """
+    if value is None or value == "":
+        return None
+    try:
+        groups = re.compile(value).groupindex
+    except re.error as exc:
+        raise ConfigError(f"--progress-pattern: not a regular expression ({exc}): {value!r}") from None
+    if "step" not in groups:
+        raise ConfigError(f"--progress-pattern: needs a named group (?P<step>...) for the step number: {value!r}")
+    return value
 
 
 def substitute_local_rank(args: tuple[str, ...], local_rank: int) -> tuple[str, ...]:

@@ -286,6 +286,7 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         shutdown_timeout=shutdown,
         exit_barrier_timeout=barrier,
         virtual_local_rank=bool(opts["virtual_local_rank"]),
+        progress_pattern=cfg.parse_progress_pattern(opts["progress_pattern"]),
         warnings=tuple(warnings),
         dry_run=bool(opts["dry_run"]),
         sources=sources,

@@ -71,6 +71,8 @@ CASES = [
     (["--exit-barrier-timeout", "inf"], "ok", "finite"),
     (["--monitor-interval", "nan"], "ok", "finite"),
     (["--rdzv-conf", "join_timeout=inf"], "ok", "finite"),
+    (["--progress-pattern", "step (\\d+)"], "ok", "named group (?P<step>"),
+    (["--progress-pattern", "step (?P<step>"], "ok", "not a regular expression"),
 ]
 
 

@@ -130,3 +130,14 @@ def test_filter_lists_follow_torchrun() -> None:
     assert cfg.parse_filter_list("") == ()
     assert cfg.parse_filter_list("apple,orange") == ("apple", "orange")
     assert cfg.parse_filter_list("a,,b,c") == ("a,b", "c")
+
+
+def test_progress_pattern() -> None:
+    assert cfg.parse_progress_pattern(None) is None
+    assert cfg.parse_progress_pattern("") is None
+    pattern = r"step (?P<step>\d+)/(?P<total>\d+)"
+    assert cfg.parse_progress_pattern(pattern) == pattern
+    with pytest.raises(ConfigError, match="named group"):
+        cfg.parse_progress_pattern(r"step (\d+)")
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        cfg.parse_progress_pattern("step (?P<step>")

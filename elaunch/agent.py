@@ -30,6 +30,7 @@ from elaunch.failures import cause_text, failure_summary
 from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, stopped_by_agent, worker_exit_state
 from elaunch.ranks import worker_plans
 from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous
+from elaunch.rendezvous.rounds import node_label
 from elaunch.signals import signal_name
 from elaunch.spec import RunResult, Worker, WorkerFailure, WorkerGroup, WorkerPlan, WorkerSpec, WorkerState
 from elaunch.workers import Exit, Wakeup
@@ -134,7 +135,7 @@ class Agent:
             result = self._invoke_run()
         except _Interrupted as intr:
             self._stop_workers(intr.sig)
-            note = self._leave(f"{self._host} was stopped by {signal_name(intr.sig)}")
+            note = self._leave(f"{self._node_name} was stopped by {signal_name(intr.sig)}")
             result = self._result(WorkerState.STOPPED, interrupted_by=intr.sig, message=note)
         except RendezvousClosedError as e:
             self._stop_workers(signal.SIGTERM)
@@ -227,7 +228,7 @@ class Agent:
         plans = worker_plans(
             self.spec,
             info,
-            restart_count=self.restart_count,
+            restart_count=info.round,
             error_file=lambda lr: self._error_files.error_file(attempt, lr),
         )
         self._group = WorkerGroup(
@@ -400,12 +401,20 @@ class Agent:
         except RendezvousError:
             pass
 
+    @property
+    def _node_name(self) -> str:
+        """This node in reports: `host (group rank R)` once it had a rank in a round of several."""
+        g = self._group
+        if g.group_rank is None or not g.group_world_size or g.group_world_size < 2:
+            return self._host
+        return node_label(self._host, g.group_rank)
+
     def _leave(self, reason: str) -> str | None:
         """Leave the job (an elastic one goes on without this node) or close it; says which, or why
         the other nodes could not be told."""
         try:
             if self._rdzv.leave(reason):
-                return f"{self._host} left the job; the other nodes go on without it"
+                return f"{self._node_name} left the job; the other nodes go on without it"
         except RendezvousError as e:
             return f"could not tell the other nodes: {e.message}"
         return None

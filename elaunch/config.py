@@ -137,7 +137,13 @@ class LaunchConfig(Value):
         return self.rdzv.single_node
 
     def worker_spec(self, env: Mapping[str, str]) -> WorkerSpec:
-        """What this node runs, with `env` (the agent's environment) as every worker's base."""
+        """What this node runs, with `env` (the agent's environment) as every worker's base.
+
+        As torchrun's launcher (torch/distributed/launcher/api.py sets it in its own environment,
+        which the workers inherit), the base carries `TORCHELASTIC_SIGNALS_TO_HANDLE`: the signals
+        the agent handles, by name.
+        """
+        handled = ",".join(signal.Signals(s).name for s in self.signals_to_handle)
         return WorkerSpec(
             role=self.role,
             local_world_size=self.nproc_per_node,
@@ -148,7 +154,7 @@ class LaunchConfig(Value):
             shutdown_timeout=self.shutdown_timeout,
             exit_barrier_timeout=self.exit_barrier_timeout,
             virtual_local_rank=self.virtual_local_rank,
-            env=dict(env),
+            env={**env, "TORCHELASTIC_SIGNALS_TO_HANDLE": handled},
         )
 
 

@@ -284,7 +284,7 @@ def test_sigterm_to_one_agent_stops_the_job(make_job: Callable[..., Job]) -> Non
     job.wait(lambda: not job.cluster.pids(2), 5, "nothing left on host2")
     for i in (1, 3):
         assert job.exit_code(i, STOP) != 0, job.diagnostics()
-        assert "host2 was stopped by SIGTERM" in job.err(i), job.diagnostics()
+        assert re.search(r"host2 \(group rank \d\) was stopped by SIGTERM", job.err(i)), job.diagnostics()
     job.assert_nothing_left()
 
 

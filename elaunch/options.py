@@ -260,8 +260,12 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
     output = _output(opts, env, warnings)
     if str(opts.get("start_method") or "spawn") not in START_METHODS:
         raise ConfigError(f"--start-method must be one of {', '.join(START_METHODS)}, got {opts['start_method']!r}")
-    if opts.get("logs_specs"):
-        raise NotSupportedError("--logs-specs (torchrun plugin entry points) is not supported; use --log-dir")
+    # torch's one built-in logs spec, "default" (DefaultLogsSpecs), is what elaunch does anyway.
+    if opts.get("logs_specs") and opts["logs_specs"] != "default":
+        raise NotSupportedError(
+            f"--logs-specs {opts['logs_specs']}: torchrun plugin entry points are not supported "
+            f"(only 'default'); use --log-dir"
+        )
     if opts["numa_binding"]:
         raise NotSupportedError("--numa-binding is not supported yet")
     if str(opts.get("event_log_handler") or "null") != "null":

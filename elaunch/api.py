@@ -66,7 +66,9 @@ def pickle_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[s
         ) from None
 
 
-def options_for(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def options_for(
+    given: Mapping[str, Any], refused: tuple[str, ...] = NOT_FOR_FUNCTIONS
+) -> tuple[dict[str, Any], dict[str, str]]:
     """(opts, sources) as `cli.parse` makes them: every option's default, then `given` (Python names).
 
     Flags take booleans; other values are passed as text (`str(v)`), lists joined with commas.
@@ -78,7 +80,7 @@ def options_for(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str
     sources: dict[str, str] = {}
     known = {o.dest: o for o in OPTIONS}
     for name in given:
-        if name in NOT_FOR_FUNCTIONS:
+        if name in refused:
             raise ConfigError(f"{name}: not an option of elaunch.run (it runs the function it is given)")
         if name not in known:
             import difflib
@@ -129,6 +131,24 @@ def failure_message(result: RunResult) -> str:
     return text
 
 
+def _launch(opts: dict[str, Any], sources: dict[str, str], env: dict[str, str]) -> RunResult:
+    """build_config then launch, output to this process's stdout/stderr; ChildFailedError unless it succeeded."""
+    from elaunch.launch import launch
+    from elaunch.options import build_config
+
+    config = build_config(opts, sources, env)
+    has_buffer = hasattr(sys.stdout, "buffer") and hasattr(sys.stderr, "buffer")
+    result = launch(
+        config,
+        env=env,
+        stdout=None if has_buffer else _TextToBinary(sys.stdout),
+        stderr=None if has_buffer else _TextToBinary(sys.stderr),
+    )
+    if result.state != WorkerState.SUCCEEDED:
+        raise ChildFailedError(failure_message(result), result)
+    return result
+
+
 def run(
     fn: Callable[..., Any],
     *args: Any,
@@ -145,10 +165,7 @@ def run(
     failed rank's traceback, the root cause first) or is stopped by a signal. `env` is the agent's
     environment (default: os.environ); `options` are the CLI's options by their Python names.
     """
-    from elaunch.launch import launch
-    from elaunch.options import build_config
-
-    env = dict(os.environ if env is None else env)
+    full_env = dict(os.environ if env is None else env)
     opts, sources = options_for({**options, "nproc_per_node": nproc_per_node})
     blob = pickle_call(fn, args, kwargs or {})
     tmp = tempfile.mkdtemp(prefix="elaunch-fn-")
@@ -160,24 +177,27 @@ def run(
         os.mkdir(os.path.join(tmp, "results"))
         opts["training_script"] = FNWORKER
         opts["training_script_args"] = (payload, os.path.join(tmp, "results"))
-        config = build_config(opts, sources, env)
-        has_buffer = hasattr(sys.stdout, "buffer") and hasattr(sys.stderr, "buffer")
-        result = launch(
-            config,
-            env=env,
-            stdout=None if has_buffer else _TextToBinary(sys.stdout),
-            stderr=None if has_buffer else _TextToBinary(sys.stderr),
-        )
-        if result.state != WorkerState.SUCCEEDED:
-            raise ChildFailedError(failure_message(result), result)
+        result = _launch(opts, sources, full_env)
         values: dict[int, Any] = {}
         for rank in sorted(result.return_values):
-            path = os.path.join(tmp, "results", f"{rank}.pkl")
             try:
-                with open(path, "rb") as f:
+                with open(os.path.join(tmp, "results", f"{rank}.pkl"), "rb") as f:
                     values[rank] = pickle.load(f)
             except FileNotFoundError:
                 values[rank] = None  # the function ended the process itself (sys.exit(0))
         return replace(result, return_values=values)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_command(
+    command: list[str], *, nproc_per_node: int | str = 1, env: Mapping[str, str] | None = None, **options: Any
+) -> RunResult:
+    """Run a script (`command[0]`, with `module`/`no_python`/`run_path` as on the CLI) as `elaunch.run`
+    runs a function; `return_values` = {global rank: None}, as torch's for commands."""
+    if not command:
+        raise ConfigError("run_command: the command is empty")
+    opts, sources = options_for({**options, "nproc_per_node": nproc_per_node}, refused=NOT_FOR_FUNCTIONS[:2])
+    opts["training_script"], opts["training_script_args"] = command[0], tuple(command[1:])
+    result = _launch(opts, sources, dict(os.environ if env is None else env))
+    return replace(result, return_values=dict.fromkeys(result.return_values))

@@ -19,7 +19,9 @@ from tests.helpers import ROOT, write_script
 PREAMBLE = "import json, os, sys\nimport elaunch\n"
 
 
-def run_main(tmp_path: Path, body: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def run_main(
+    tmp_path: Path, body: str, timeout: float = 90, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`body` as a script run as __main__ (so its functions are pickled by value)."""
     script = write_script(tmp_path, "main.py", PREAMBLE + body)
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -29,7 +31,7 @@ def run_main(tmp_path: Path, body: str, timeout: float = 90) -> subprocess.Compl
         text=True,
         timeout=timeout,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, **(env or {}), "PYTHONPATH": path},
         check=False,
     )
 
@@ -210,3 +212,92 @@ if __name__ == "__main__":
     assert command == {"0": None, "1": None}
     assert "[0] command ran" in proc.stdout
     assert failed.startswith("TypeError: can only concatenate str")
+
+
+def test_notebook_text_streams_get_the_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook's sys.stdout is a text stream without `.buffer`: worker output still reaches it."""
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    result = elaunch.run(print, "from the worker", nproc_per_node=2)
+    assert result.return_values == {0: None, 1: None}
+    assert "[0] from the worker" in out.getvalue() and "[1] from the worker" in out.getvalue()
+    assert "job SUCCEEDED" in err.getvalue()
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("torch"), reason="the c10d store needs torch")
+def test_two_nodes_each_get_their_own_ranks(tmp_path: Path) -> None:
+    """The rendezvous options work as on the CLI: two callers form one job of 3 workers over c10d."""
+    from scripts.testbed import free_port
+
+    port = free_port()
+    conf = "join_timeout=60,last_call_timeout=1,heartbeat_timeout=3,keep_alive_interval=0.5,close_timeout=5"
+    body = f"""
+def where():
+    return os.environ["RANK"], os.environ["GROUP_RANK"], os.environ["WORLD_SIZE"]
+
+if __name__ == "__main__":
+    r = elaunch.run(where, nproc_per_node=int(sys.argv[1]), nnodes="2", rdzv_backend="c10d",
+                    rdzv_endpoint="127.0.0.1:{port}", rdzv_id="api-two-nodes", rdzv_conf="{conf}",
+                    node_rank=sys.argv[2], no_live=True)
+    print("RESULT " + json.dumps(r.return_values))
+"""
+    script = write_script(tmp_path, "node.py", PREAMBLE + body)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), nproc, rank],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        for nproc, rank in (("1", "0"), ("2", "1"))
+    ]
+    outs = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=100)
+            assert p.returncode == 0, stderr
+            outs.append(last_json(stdout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert outs[0] == {"0": ["0", "0", "3"]}
+    assert outs[1] == {"1": ["1", "1", "3"], "2": ["2", "1", "3"]}
+
+
+@pytest.mark.torch
+def test_same_code_under_torch_and_elaunch(tmp_path: Path) -> None:
+    """Code written for torch.distributed.launcher.api gives the same outputs after changing the import."""
+    body = """
+from IMPORT import LaunchConfig, elastic_launch
+
+def trainer(base, scale):
+    return {"value": base + scale * int(os.environ["RANK"]), "world": os.environ["WORLD_SIZE"],
+            "local": os.environ["LOCAL_RANK"], "run": os.environ["TORCHELASTIC_RUN_ID"]}
+
+if __name__ == "__main__":
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id="same", rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", max_restarts=0)
+    print("RESULT " + json.dumps(elastic_launch(config, trainer)(100, 7)))
+"""
+    got = {}
+    for name, module in (("torch", "torch.distributed.launcher.api"), ("elaunch", "elaunch.launcher")):
+        d = tmp_path / name
+        d.mkdir()
+        # torch leaves its torchelastic_* log dir in TMPDIR: a private one, inside the test's dir.
+        proc = run_main(d, body.replace("IMPORT", module), timeout=120, env={"TMPDIR": str(d)})
+        assert proc.returncode == 0, proc.stderr
+        got[name] = last_json(proc.stdout)
+    assert (
+        got["elaunch"]
+        == got["torch"]
+        == {str(r): {"value": 100 + 7 * r, "world": "2", "local": str(r), "run": "same"} for r in range(2)}
+    )

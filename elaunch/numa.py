@@ -42,6 +42,7 @@ class Topology(Value):
     `thread_siblings_list`. `cache`: CPU -> its largest unified/data cache (L3 on x86), named by the
     lowest CPU of `shared_cpu_list`. `gpu_nodes`: the NUMA node of each NVIDIA GPU, index = the
     physical GPU index (PCI bus order, as nvidia-smi and `CUDA_DEVICE_ORDER=PCI_BUS_ID`).
+    `gpu_uuids`: their UUIDs (`GPU-...`, from the driver's procfs) where known, same order.
     `allowed`: the CPUs this process may run on (its affinity); empty means all.
     """
 
@@ -50,6 +51,7 @@ class Topology(Value):
     core: Mapping[int, int] = field(default_factory=dict)
     cache: Mapping[int, int] = field(default_factory=dict)
     gpu_nodes: tuple[int, ...] = ()
+    gpu_uuids: tuple[str, ...] = ()
     allowed: frozenset[int] = frozenset()
 
     def cpus_of(self, node: int) -> frozenset[int]:
@@ -99,23 +101,31 @@ def cpu_list(cpus: Iterable[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-def _visible_gpus(visible: str | None, n_gpus: int) -> list[int]:
-    """Physical GPU indices in CUDA_VISIBLE_DEVICES order (all GPUs when unset). ConfigError for
-    UUIDs or MIG names (not mapped without the driver) and indices that do not exist."""
+def _visible_gpus(visible: str | None, topo: Topology) -> list[int]:
+    """Physical GPU indices in CUDA_VISIBLE_DEVICES order (all GPUs when unset), as CUDA reads it:
+    indices or `GPU-` UUIDs (a unique prefix is enough), and an entry that is neither, or -1,
+    hides itself and every later one. ConfigError for MIG instances (not mapped to a PCI device
+    here), a UUID not found, and an index that does not exist."""
+    n_gpus = len(topo.gpu_nodes)
     if visible is None:
         return list(range(n_gpus))
     out: list[int] = []
     for item in visible.split(","):
         item = item.strip()
-        if not item:
+        if item.startswith("MIG-"):
+            raise ConfigError(f"--numa-binding: CUDA_VISIBLE_DEVICES={visible!r}: MIG instances are not supported")
+        if item.startswith("GPU-"):
+            found = [i for i, u in enumerate(topo.gpu_uuids) if u.startswith(item)]
+            if len(found) != 1:
+                raise ConfigError(
+                    f"--numa-binding: CUDA_VISIBLE_DEVICES={visible!r}: {item!r} names "
+                    f"{'no GPU' if not found else 'several GPUs'} of this node"
+                )
+            out.append(found[0])
             continue
-        if not item.lstrip("-").isdigit():
-            raise ConfigError(
-                f"--numa-binding: CUDA_VISIBLE_DEVICES={visible!r}: {item!r} is not a GPU index (use indices)"
-            )
+        if not item.isdigit():
+            break  # CUDA: an invalid entry (or -1) hides it and every later one
         idx = int(item)
-        if idx < 0:
-            break  # CUDA: an invalid index hides it and every later one
         if idx >= n_gpus:
             raise ConfigError(f"--numa-binding: CUDA_VISIBLE_DEVICES={visible!r}: no GPU {idx} ({n_gpus} found)")
         out.append(idx)
@@ -163,14 +173,14 @@ def plan_binding(topo: Topology, mode: str, nproc: int, visible: str | None) -> 
     """Each local worker's CPUs under `mode` (one of MODES), in local-rank order.
 
     `visible` is the agent's CUDA_VISIBLE_DEVICES (None: unset). With GPUs, local rank r uses
-    the r-th visible GPU; without GPUs, workers are spread over the NUMA nodes that have usable
-    CPUs. Raises ConfigError when a worker has no GPU, a node has no usable CPU, or `exclusive`
+    the r-th visible GPU; without GPUs (or none visible), workers are spread over the NUMA nodes
+    that have usable CPUs. Raises ConfigError when a worker has no GPU, a node has no usable CPU, or `exclusive`
     has fewer cores than workers on a node.
     """
     if mode not in MODES:
         raise ConfigError(f"--numa-binding must be one of {', '.join(MODES)}, got {mode!r}")
-    if topo.gpu_nodes:
-        gpus = _visible_gpus(visible, len(topo.gpu_nodes))
+    gpus = _visible_gpus(visible, topo) if topo.gpu_nodes else []
+    if gpus:
         if nproc > len(gpus):
             raise ConfigError(
                 f"--numa-binding binds local rank r to the r-th visible GPU, but there are {nproc} workers "
@@ -255,31 +265,38 @@ def _largest_cache(cpu_dir: str, cpu: int) -> int:
     return min(members)
 
 
-def _gpu_addresses(sys_root: str, proc_root: str) -> list[str]:
-    """PCI addresses of the NVIDIA GPUs, sorted (bus order): the driver's list, else a PCI scan."""
+def _gpus(sys_root: str, proc_root: str) -> list[tuple[str, str]]:
+    """(PCI address, UUID or "") of each NVIDIA GPU, in bus order: the driver's list (which has the
+    UUIDs), else NVIDIA display devices found by a PCI scan."""
+    driver = os.path.join(proc_root, "driver/nvidia/gpus")
     try:
-        found = os.listdir(os.path.join(proc_root, "driver/nvidia/gpus"))
-        if found:
-            return sorted(found)
+        found = sorted(os.listdir(driver))
     except OSError:
-        pass
+        found = []
+    if found:
+        out = []
+        for addr in found:
+            info = _read(os.path.join(driver, addr, "information")) or ""
+            uuid = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("GPU UUID")), "")
+            out.append((addr, uuid))
+        return out
     pci = os.path.join(sys_root, "bus/pci/devices")
     try:
-        devices = os.listdir(pci)
+        devices = sorted(os.listdir(pci))
     except OSError:
         return []
-    out = []
-    for addr in devices:
-        vendor = _read(os.path.join(pci, addr, "vendor"))
-        cls = _read(os.path.join(pci, addr, "class")) or ""
-        if vendor == "0x10de" and cls[:6] in ("0x0300", "0x0302"):  # NVIDIA VGA / 3D controller
-            out.append(addr)
-    return sorted(out)
+    return [
+        (addr, "")
+        for addr in devices
+        if _read(os.path.join(pci, addr, "vendor")) == "0x10de"
+        and (_read(os.path.join(pci, addr, "class")) or "")[:6] in ("0x0300", "0x0302")  # VGA / 3D controller
+    ]
 
 
-def read_topology(sys_root: str = "/sys", proc_root: str = "/proc") -> Topology:
+def read_topology(sys_root: str = "/sys", proc_root: str = "/proc", allowed: frozenset[int] | None = None) -> Topology:
     """This machine's topology from sysfs (roots injectable: a recorded tree reads the same way).
 
+    `allowed`: the CPUs this process may use; None reads its affinity (`sched_getaffinity`).
     A kernel without NUMA (no `devices/system/node`) is one node holding every online CPU. A GPU
     whose `numa_node` is -1 (one-node machines) is on node 0, as torch reads it.
     """
@@ -301,13 +318,19 @@ def read_topology(sys_root: str = "/sys", proc_root: str = "/proc") -> Topology:
         siblings = _read(os.path.join(d, "topology/thread_siblings_list"))
         core[cpu] = min(parse_cpu_list(siblings)) if siblings else cpu
         cache[cpu] = _largest_cache(d, cpu)
+    gpus = _gpus(sys_root, proc_root)
     gpu_nodes = []
-    for addr in _gpu_addresses(sys_root, proc_root):
+    for addr, _ in gpus:
         n = _read(os.path.join(sys_root, "bus/pci/devices", addr, "numa_node"))
         gpu_nodes.append(max(int(n), 0) if n and n.lstrip("-").isdigit() else 0)
-    allowed = frozenset(os.sched_getaffinity(0)) if sys_root == "/sys" else frozenset()
     return Topology(
-        node_cpus=nodes, package=package, core=core, cache=cache, gpu_nodes=tuple(gpu_nodes), allowed=allowed
+        node_cpus=nodes,
+        package=package,
+        core=core,
+        cache=cache,
+        gpu_nodes=tuple(gpu_nodes),
+        gpu_uuids=tuple(u for _, u in gpus) if any(u for _, u in gpus) else (),
+        allowed=frozenset(os.sched_getaffinity(0)) if allowed is None else allowed,
     )
 
 

@@ -2,7 +2,7 @@
 
 * `TWO_SOCKETS_8_GPUS`: a DGX H100 (2 x Xeon 8480C, 56 cores each with 2 threads: node 0 = CPUs
   0-55 and 112-167, node 1 = 56-111 and 168-223; one L3 per socket; GPUs 0-3 on node 0, 4-7 on
-  node 1, as `nvidia-smi topo -m` shows).
+  node 1, as `nvidia-smi topo -m` shows; UUIDs from the driver's procfs, made up).
 * `ONE_SOCKET_L3`: an AMD EPYC 7763 in NPS1 (one NUMA node, 64 cores with 2 threads, CPUs 0-127,
   thread siblings c and c+64; eight core complexes of 8 cores sharing an L3), 4 GPUs on node 0.
 * `FOUR_NODES_NO_GPU`: a CPU-only 2-socket machine with sub-NUMA clustering (4 nodes of 8
@@ -24,6 +24,7 @@ def _two_sockets_8_gpus() -> Topology:
         core={c: c % 112 for c in cpus},
         cache={c: 0 if c in node0 else 56 for c in cpus},
         gpu_nodes=(0, 0, 0, 0, 1, 1, 1, 1),
+        gpu_uuids=tuple(f"GPU-{i}a1b2c3d-58e0-7f1c-9d2e-0123456789a{i}" for i in range(8)),
     )
 
 
@@ -88,6 +89,13 @@ def write_sysfs(topo: Topology, root: str) -> None:
             put(f"{d}/cache/index3/shared_cpu_list", cpu_list(x for x in topo.cache if topo.cache[x] == topo.cache[c]))
     for i, node in enumerate(topo.gpu_nodes):
         addr = f"0000:{0x18 + 0x10 * i:02x}:00.0"
+        if topo.gpu_uuids:  # the driver's list, as /proc/driver/nvidia/gpus/<addr>/information
+            info = os.path.join(root, "proc/driver/nvidia/gpus", addr, "information")
+            os.makedirs(os.path.dirname(info), exist_ok=True)
+            with open(info, "w") as f:
+                f.write(
+                    f"Model: \t\t NVIDIA H100 80GB HBM3\nGPU UUID: \t {topo.gpu_uuids[i]}\nBus Location: \t {addr}\n"
+                )
         put(f"bus/pci/devices/{addr}/vendor", "0x10de")
         put(f"bus/pci/devices/{addr}/class", "0x030200")
         put(f"bus/pci/devices/{addr}/numa_node", str(node))

@@ -76,6 +76,18 @@ def test_visible_devices_order_and_subset() -> None:
     assert [cpus(x) for x in ex] == ["56-83,168-195", "0-55,112-167", "84-111,196-223"]
 
 
+def test_gpu_uuids_name_gpus_as_cuda_reads_them() -> None:
+    uuids = TWO_SOCKETS_8_GPUS.gpu_uuids
+    b = plan_binding(TWO_SOCKETS_8_GPUS, "node", 2, f"{uuids[5]},{uuids[1][:7]}")  # a unique prefix is enough
+    assert [x.device for x in b] == ["GPU 5", "GPU 1"]
+
+
+def test_no_visible_gpu_is_a_cpu_only_node() -> None:
+    b = plan_binding(TWO_SOCKETS_8_GPUS, "node", 2, "")
+    assert [x.device for x in b] == ["no GPU", "no GPU"]
+    assert [set(x.nodes) for x in b] == [{0}, {1}]
+
+
 def test_cpu_only_spreads_workers_over_nodes() -> None:
     b = plan_binding(FOUR_NODES_NO_GPU, "node", 8, None)
     assert [min(x.nodes) for x in b] == [0, 0, 1, 1, 2, 2, 3, 3]
@@ -102,7 +114,10 @@ def test_allowed_cpus_limit_every_mode() -> None:
     ("topo", "mode", "nproc", "visible", "words"),
     [
         (TWO_SOCKETS_8_GPUS, "node", 9, None, "9 workers and 8 visible GPU(s)"),
-        (TWO_SOCKETS_8_GPUS, "node", 2, "GPU-5d3c", "is not a GPU index"),
+        (TWO_SOCKETS_8_GPUS, "node", 2, "GPU-5d3c", "'GPU-5d3c' names no GPU of this node"),
+        (TWO_SOCKETS_8_GPUS, "node", 1, "GPU-", "names several GPUs"),
+        (TWO_SOCKETS_8_GPUS, "node", 1, "MIG-0a1b", "MIG instances are not supported"),
+        (TWO_SOCKETS_8_GPUS, "node", 2, "0,-1,3", "2 workers and 1 visible GPU(s)"),
         (TWO_SOCKETS_8_GPUS, "node", 1, "8", "no GPU 8"),
         (TWO_SOCKETS_8_GPUS, "nodes", 1, None, "must be one of node, socket, exclusive, core-complex"),
         (FOUR_NODES_NO_GPU, "exclusive", 40, None, "8 physical core(s) for 10 worker(s)"),
@@ -127,7 +142,7 @@ def test_prefix_numactl_sets_memory_on_one_node_taskset_cpus_only() -> None:
 def test_reading_a_recorded_sysfs_tree_gives_the_topology(name: str, tmp_path: Path) -> None:
     topo = RECORDED[name][0]
     write_sysfs(topo, str(tmp_path))
-    read = read_topology(str(tmp_path / "sys"), str(tmp_path / "proc"))
+    read = read_topology(str(tmp_path / "sys"), str(tmp_path / "proc"), allowed=frozenset())
     assert read == topo
 
 

@@ -172,7 +172,7 @@ def run(
     try:
         payload = os.path.join(tmp, "call.pkl")
         with open(payload, "wb") as f:
-            pickle.dump([p for p in sys.path if p], f)
+            pickle.dump([p or os.getcwd() for p in sys.path], f)  # "" (a REPL, a notebook) is the cwd
             f.write(blob)
         os.mkdir(os.path.join(tmp, "results"))
         opts["training_script"] = FNWORKER

@@ -301,3 +301,16 @@ if __name__ == "__main__":
         == got["torch"]
         == {str(r): {"value": 100 + 7 * r, "world": "2", "local": str(r), "run": "same"} for r in range(2)}
     )
+
+
+def test_functions_of_modules_in_the_callers_cwd(tmp_path: Path) -> None:
+    """A REPL or notebook has "" on sys.path (the cwd): its modules are found in the workers too."""
+    write_script(tmp_path, "mymod.py", "import os\ndef where():\n    return os.environ['RANK'] + ':' + __name__\n")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import json, elaunch, mymod; print('RESULT ' + json.dumps("
+         "elaunch.run(mymod.where, nproc_per_node=2, no_live=True).return_values))"],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path, env={**os.environ, "PYTHONPATH": path}, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert last_json(proc.stdout) == {"0": "0:mymod", "1": "1:mymod"}

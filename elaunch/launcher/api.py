@@ -9,16 +9,17 @@ through `options.build_config`, so it is checked as the CLI option of the same m
 Differences: `logs_specs` is read for its log directory, redirects, tee and rank filter (torch's
 `DefaultLogsSpecs`); another LogsSpecs class, `metrics_cfg` and an event handler other than
 `null` are refused (NotSupportedError). `numa_options` takes torch's `NumaOptions` (its
-`affinity_mode`) or a mode name. torch turns on NUMA binding by itself when every GPU has a
+`affinity_mode`, and `should_fall_back_if_binding_fails`) or a mode name. torch turns on NUMA binding by itself when every GPU has a
 worker; elaunch binds only when asked.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from elaunch.errors import NotSupportedError
+from elaunch.errors import ConfigError, NotSupportedError
 from elaunch.values import Record, field, record
 
 
@@ -123,18 +124,32 @@ def config_options(config: LaunchConfig) -> dict[str, Any]:
 
 
 def launch_agent(config: LaunchConfig, entrypoint: Callable[..., Any] | str | None, args: list[Any]) -> dict[int, Any]:
-    """Run `entrypoint` under elaunch's agent on this node: torch's `launch_agent` (return values by rank)."""
+    """Run `entrypoint` under elaunch's agent on this node: torch's `launch_agent` (return values by rank).
+
+    With torch's `NumaOptions(should_fall_back_if_binding_fails=True)`, a binding that cannot be
+    made (refused before anything starts) is reported on stderr and the job runs unbound, as torch's.
+    """
     from elaunch.api import run, run_command
 
     opts = config_options(config)
-    if callable(entrypoint):
-        return run(entrypoint, *args, nproc_per_node=config.nproc_per_node, **opts).return_values
-    if not isinstance(entrypoint, str) or not entrypoint:
+    if not callable(entrypoint) and (not isinstance(entrypoint, str) or not entrypoint):
         raise NotSupportedError(f"entrypoint must be a function or a command, got {entrypoint!r}")
-    # torch runs `[entrypoint, *args]` as it is (`sys.executable` with `-u script.py ...` included).
-    return run_command(
-        [entrypoint, *(str(a) for a in args)], nproc_per_node=config.nproc_per_node, no_python=True, **opts
-    ).return_values
+
+    def go(o: dict[str, Any]) -> dict[int, Any]:
+        if callable(entrypoint):
+            return run(entrypoint, *args, nproc_per_node=config.nproc_per_node, **o).return_values
+        # torch runs `[entrypoint, *args]` as it is (`sys.executable` with `-u script.py ...` included).
+        command = [str(entrypoint), *(str(a) for a in args)]
+        return run_command(command, nproc_per_node=config.nproc_per_node, no_python=True, **o).return_values
+
+    try:
+        return go(opts)
+    except ConfigError as e:
+        fallback = getattr(config.numa_options, "should_fall_back_if_binding_fails", False)
+        if not (fallback and e.message.startswith("--numa-binding")):
+            raise
+        sys.stderr.write(f"elaunch: warning: {e.message}; running without NUMA binding\n")
+        return go({**opts, "numa_binding": None})
 
 
 class elastic_launch:

@@ -13,6 +13,7 @@ import pytest
 import elaunch
 from elaunch.api import failure_message
 from elaunch.errors import ChildFailedError, ConfigError
+from elaunch.numa import plan_binding, read_topology
 from elaunch.spec import RunResult, WorkerFailure, WorkerState
 from tests.helpers import ROOT, write_script
 
@@ -314,3 +315,35 @@ def test_functions_of_modules_in_the_callers_cwd(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert last_json(proc.stdout) == {"0": "0:mymod", "1": "1:mymod"}
+
+
+def test_adapter_numa_options_bind_and_fall_back(tmp_path: Path) -> None:
+    """torch's NumaOptions: the mode binds each worker; should_fall_back_if_binding_fails runs unbound."""
+    ncpu = len({read_topology().core[c] for c in os.sched_getaffinity(0)})  # physical cores: one worker each
+    proc = run_main(
+        tmp_path,
+        f"""
+from elaunch.launcher import LaunchConfig, elastic_launch
+
+class NumaOptions:  # torch's fields (torch is not imported here)
+    affinity_mode = "exclusive"
+    should_fall_back_if_binding_fails = False
+
+def affinity():
+    return sorted(os.sched_getaffinity(0))
+
+if __name__ == "__main__":
+    bound = elastic_launch(LaunchConfig(1, 1, {ncpu}, numa_options=NumaOptions(), max_restarts=0), affinity)()
+    NumaOptions.should_fall_back_if_binding_fails = True
+    too_many = LaunchConfig(1, 1, {ncpu + 1}, numa_options=NumaOptions(), max_restarts=0)
+    unbound = elastic_launch(too_many, affinity)()
+    print("RESULT " + json.dumps([bound, unbound]))
+""",
+    )
+    assert proc.returncode == 0, proc.stderr
+    bound, unbound = last_json(proc.stdout)  # type: ignore[misc]
+    cpus = sorted(os.sched_getaffinity(0))
+    expected = plan_binding(read_topology(), "exclusive", ncpu, None)
+    assert bound == {str(b.local_rank): sorted(b.cpus) for b in expected}
+    assert unbound == {str(r): cpus for r in range(ncpu + 1)}
+    assert "running without NUMA binding" in proc.stderr

@@ -116,11 +116,12 @@ class _TextToBinary:
         self._s.flush()
 
 
-def failure_message(result: RunResult) -> str:
-    """The CLI's report, then the traceback of each other rank that failed on its own."""
+def failure_message(result: RunResult, remote: tuple[str, ...] = ()) -> str:
+    """The CLI's report (with the root causes other nodes published, `remote`), then the traceback
+    of each other rank of this node that failed on its own."""
     from elaunch.console import report
 
-    text = report(result)
+    text = report(result, remote)
     cause = result.root_cause
     for rank in sorted(result.failures):
         f = result.failures[rank]
@@ -131,6 +132,22 @@ def failure_message(result: RunResult) -> str:
     return text
 
 
+class _RemoteFailures:
+    """A sink keeping the root causes other nodes published, from the run's last event."""
+
+    def __init__(self) -> None:
+        self.texts: tuple[str, ...] = ()
+
+    def handle(self, event: Any) -> None:
+        self.texts = getattr(event, "remote_failures", self.texts)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _launch(opts: dict[str, Any], sources: dict[str, str], env: dict[str, str]) -> RunResult:
     """build_config then launch, output to this process's stdout/stderr; ChildFailedError unless it succeeded."""
     from elaunch.launch import launch
@@ -138,14 +155,16 @@ def _launch(opts: dict[str, Any], sources: dict[str, str], env: dict[str, str]) 
 
     config = build_config(opts, sources, env)
     has_buffer = hasattr(sys.stdout, "buffer") and hasattr(sys.stderr, "buffer")
+    remote = _RemoteFailures()
     result = launch(
         config,
         env=env,
         stdout=None if has_buffer else _TextToBinary(sys.stdout),
         stderr=None if has_buffer else _TextToBinary(sys.stderr),
+        sinks=(remote,),
     )
     if result.state != WorkerState.SUCCEEDED:
-        raise ChildFailedError(failure_message(result), result)
+        raise ChildFailedError(failure_message(result, remote.texts), result, remote.texts)
     return result
 
 

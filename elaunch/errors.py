@@ -51,14 +51,16 @@ class WorkerStartError(ElaunchError):
 class ChildFailedError(ElaunchError):
     """`elaunch.run` / `elastic_launch`: the job failed (torch raises its `ChildFailedError` there).
 
-    `result` is the run's `RunResult`; `failures` are keyed by global rank; the message is the
-    CLI's report (root cause first, with its traceback) followed by the traceback of every other
-    rank that failed on its own.
+    `result` is the run's `RunResult`; `failures` (this node's) are keyed by global rank; the
+    message is the CLI's report (root cause first, with its traceback; other nodes' root causes)
+    followed by the traceback of every other rank that failed on its own.
     """
 
-    def __init__(self, message: str, result: RunResult) -> None:
+    def __init__(self, message: str, result: RunResult, remote_failures: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.result = result
+        self.remote_failures = remote_failures
+        """Root causes other nodes published (host, rank, traceback), as the CLI report shows them."""
 
     @property
     def failures(self) -> dict[int, WorkerFailure]:

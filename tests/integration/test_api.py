@@ -228,50 +228,84 @@ def test_notebook_text_streams_get_the_output(monkeypatch: pytest.MonkeyPatch) -
     assert "job SUCCEEDED" in err.getvalue()
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("torch"), reason="the c10d store needs torch")
-def test_two_nodes_each_get_their_own_ranks(tmp_path: Path) -> None:
-    """The rendezvous options work as on the CLI: two callers form one job of 3 workers over c10d."""
+needs_torch = pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("torch"), reason="the c10d store needs torch"
+)
+CONF = "join_timeout=60,last_call_timeout=1,heartbeat_timeout=3,keep_alive_interval=0.5,close_timeout=5"
+
+
+def two_nodes(tmp_path: Path, fn: str, after: str) -> list[subprocess.CompletedProcess[str]]:
+    """Two callers (1 and 2 workers, node ranks 0 and 1) of `elaunch.run(<fn>)` forming one c10d job;
+    `after` runs in each with `outcome` bound to the RunResult or the ChildFailedError."""
     from scripts.testbed import free_port
 
-    port = free_port()
-    conf = "join_timeout=60,last_call_timeout=1,heartbeat_timeout=3,keep_alive_interval=0.5,close_timeout=5"
     body = f"""
-def where():
-    return os.environ["RANK"], os.environ["GROUP_RANK"], os.environ["WORLD_SIZE"]
+{fn}
 
 if __name__ == "__main__":
-    r = elaunch.run(where, nproc_per_node=int(sys.argv[1]), nnodes="2", rdzv_backend="c10d",
-                    rdzv_endpoint="127.0.0.1:{port}", rdzv_id="api-two-nodes", rdzv_conf="{conf}",
-                    node_rank=sys.argv[2], no_live=True)
-    print("RESULT " + json.dumps(r.return_values))
+    try:
+        outcome = elaunch.run(work, nproc_per_node=int(sys.argv[1]), nnodes="2", rdzv_backend="c10d",
+                              rdzv_endpoint="127.0.0.1:{free_port()}", rdzv_id="api-two-nodes",
+                              rdzv_conf="{CONF}", node_rank=sys.argv[2], no_live=True)
+    except elaunch.ChildFailedError as e:
+        outcome = e
+    {after}
 """
     script = write_script(tmp_path, "node.py", PREAMBLE + body)
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), nproc, rank],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env={**os.environ, "PYTHONPATH": path},
             cwd=tmp_path,
         )
         for nproc, rank in (("1", "0"), ("2", "1"))
     ]
-    outs = []
+    done = []
     try:
         for p in procs:
             stdout, stderr = p.communicate(timeout=100)
-            assert p.returncode == 0, stderr
-            outs.append(last_json(stdout))
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert outs[0] == {"0": ["0", "0", "3"]}
-    assert outs[1] == {"1": ["1", "1", "3"], "2": ["2", "1", "3"]}
+    return done
+
+
+@needs_torch
+def test_two_nodes_each_get_their_own_ranks(tmp_path: Path) -> None:
+    """The rendezvous options work as on the CLI: two callers form one job of 3 workers over c10d."""
+    fn = """
+def work():
+    return os.environ["RANK"], os.environ["GROUP_RANK"], os.environ["WORLD_SIZE"]
+"""
+    done = two_nodes(tmp_path, fn, 'print("RESULT " + json.dumps(outcome.return_values))')
+    assert all(p.returncode == 0 for p in done), [p.stderr for p in done]
+    assert last_json(done[0].stdout) == {"0": ["0", "0", "3"]}
+    assert last_json(done[1].stdout) == {"1": ["1", "1", "3"], "2": ["2", "1", "3"]}
+
+
+@needs_torch
+def test_two_nodes_a_failure_on_the_other_node_is_in_the_exception(tmp_path: Path) -> None:
+    fn = """
+def work():
+    import time
+    if os.environ["RANK"] == "2":
+        raise RuntimeError("disk full on the second node")
+    time.sleep(60)
+"""
+    done = two_nodes(tmp_path, fn, 'print("RESULT " + json.dumps([str(outcome), list(outcome.remote_failures)]))')
+    assert all(p.returncode == 0 for p in done), [p.stderr for p in done]
+    text, remote = last_json(done[0].stdout)  # type: ignore[misc]
+    assert "failures reported by other nodes" in text and "RuntimeError: disk full on the second node" in text
+    assert any("rank 2" in r for r in remote)
+    text, _ = last_json(done[1].stdout)  # type: ignore[misc]
+    assert "root cause: rank 2 (local rank 1)" in text
 
 
 @pytest.mark.torch

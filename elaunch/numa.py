@@ -174,8 +174,8 @@ def plan_binding(topo: Topology, mode: str, nproc: int, visible: str | None) -> 
 
     `visible` is the agent's CUDA_VISIBLE_DEVICES (None: unset). With GPUs, local rank r uses
     the r-th visible GPU; without GPUs (or none visible), workers are spread over the NUMA nodes
-    that have usable CPUs. Raises ConfigError when a worker has no GPU, a node has no usable CPU, or `exclusive`
-    has fewer cores than workers on a node.
+    that have usable CPUs. Raises ConfigError when a worker has no GPU, a node has no usable CPU,
+    or `exclusive` has fewer cores than workers on a node.
     """
     if mode not in MODES:
         raise ConfigError(f"--numa-binding must be one of {', '.join(MODES)}, got {mode!r}")

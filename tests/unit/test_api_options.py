@@ -103,3 +103,16 @@ def test_torch_launch_config_refusals() -> None:
     with pytest.raises(ValueError, match="shutdown_timeout"):
         LaunchConfig(1, 1, 1, shutdown_timeout=-1)
     assert config_options(LaunchConfig(1, 1, 1))["rdzv_id"]  # a random id when none is given
+
+
+def test_without_cloudpickle_module_functions_pickle_and_lambdas_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pickle
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)  # `import cloudpickle` raises ImportError
+    fn, args, kwargs = pickle.loads(pickle_call(len, ([1, 2],), {}))
+    assert fn(*args, **kwargs) == 2
+    with pytest.raises(ConfigError, match=r"the function '.*<lambda>' \(type function\).*install cloudpickle"):
+        pickle_call(lambda: 1, (), {})

@@ -245,7 +245,7 @@ class Decoded(Value):
 def _make_screen(columns: int, lines: int) -> Any:
     import pyte  # only for a worker that draws (see module docstring)
 
-    class Screen(pyte.Screen):  # type: ignore[misc]
+    class Screen(pyte.Screen):
         """A pyte screen that keeps the rows scrolled off its top (they are finished lines)."""
 
         def __init__(self, columns: int, lines: int) -> None:

@@ -136,7 +136,7 @@ class StreamDecoder:
     seconds (`due` says when `tick` should be called), then at each change until it ends.
     """
 
-    __slots__ = ("_changed_at", "_lines", "_open", "_recent", "_screen", "_seen")
+    __slots__ = ("_changed_at", "_lines", "_open", "_recent", "_screen", "_seen", "missing_emulator")
 
     def __init__(self) -> None:
         self._lines: LineBuffer | None = LineBuffer()
@@ -148,6 +148,8 @@ class StreamDecoder:
         self._changed_at = 0.0
         self._open: bytes | None = None
         """The unfinished line as last passed on (shown), until it ends."""
+        self.missing_emulator = False
+        """The stream draws but pyte is not installed: its escape codes are passed on."""
 
     @property
     def emulated(self) -> bool:
@@ -161,8 +163,8 @@ class StreamDecoder:
                 self._recent = (self._recent + data)[-RECENT:]
             lines, bars = self._lines.feed(data)
         else:
-            if self._lines is not None:
-                self._switch()
+            if self._lines is not None and not self._switch():
+                return self._fallback(data, now)
             assert self._screen is not None
             lines, bars = self._screen.feed(data, now)
         partial = None
@@ -183,15 +185,29 @@ class StreamDecoder:
         """`data` with the end of what came before, when an escape may have been cut there."""
         return self._recent[-16:] + data if b"\x1b" in self._recent[-16:] else data
 
-    def _switch(self) -> None:
+    def _fallback(self, data: bytes, now: float) -> Decoded:
+        """Without pyte: lines as written, escape codes included (as before the emulator existed)."""
         assert self._lines is not None
+        self.missing_emulator = True
+        self._recent = b""
+        lines, bars = self._lines.feed(data)
+        return Decoded(lines, bars, None)
+
+    def _switch(self) -> bool:
+        """Hand the stream to a terminal emulator; False when pyte is not installed."""
+        assert self._lines is not None
+        try:
+            screen = TerminalBuffer(reach=1)
+        except ImportError:
+            return False
         partial = self._lines.take_partial()
         self._lines = None
-        self._screen = TerminalBuffer(reach=1)
+        self._screen = screen
         done = self._recent[: len(self._recent) - len(partial)]
         if done.endswith(b"\n"):  # the line above, already passed on: the screen needs it
-            self._screen.seed(done[:-1].rsplit(b"\n", 1)[-1])
-        self._screen.start(partial)
+            screen.seed(done[:-1].rsplit(b"\n", 1)[-1])
+        screen.start(partial)
+        return True
 
     def due(self) -> float | None:
         """When `tick` has something to do (monotonic seconds), or None."""
@@ -288,7 +304,7 @@ class TerminalBuffer:
         self._screen = _make_screen(columns, lines)
         self._stream = pyte.ByteStream(self._screen)
         self._reach = reach
-        self._redrawn_at = 0.0
+        self._redrawn_at: float | None = None
         self._drawing = False
         """The rows left are a redrawn area (bars), not a plain unfinished line."""
         self._bars_shown = False
@@ -309,7 +325,7 @@ class TerminalBuffer:
     @property
     def expires(self) -> float | None:
         """When the rows above the cursor become final if nothing is redrawn (monotonic), or None."""
-        return self._redrawn_at + REACH_TTL if self._reach and self._redrawn_at else None
+        return self._redrawn_at + REACH_TTL if self._reach and self._redrawn_at is not None else None
 
     def expire(self, now: float) -> tuple[bytes, bytes | None]:
         """Nothing was redrawn for REACH_TTL: the rows above the cursor are finished lines."""
@@ -324,7 +340,7 @@ class TerminalBuffer:
         s.dirty.clear()
         s.scrolled.clear()
         self._stream.feed(data)
-        if not self._redrawn_at:
+        if self._redrawn_at is None:
             self._redrawn_at = now
         top = min(min(s.dirty, default=s.cursor.y), s.cursor.y)
         if b"\r" in data or b"\x1b" in data:

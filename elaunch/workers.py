@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from elaunch.errors import WorkerStartError
-from elaunch.events import Bus, WorkerBytes, WorkerOutput, WorkerPartialLine, WorkerProgress
+from elaunch.events import Bus, Message, WorkerBytes, WorkerOutput, WorkerPartialLine, WorkerProgress
 from elaunch.reaper import Reaper
 from elaunch.signals import SelfPipe, SignalTrap, kill_group
 from elaunch.spec import WorkerPlan
@@ -28,6 +28,10 @@ from elaunch.tails import Explanation, OutputTail
 from elaunch.terminal import Decoded, PtyPlan, StreamDecoder, open_pty
 from elaunch.values import Record, Value, field, record, replace, value
 
+NO_EMULATOR = (
+    "a worker draws with cursor movements (nested tqdm bars, rich): its output is shown with its escape "
+    "codes; install pyte (pip install 'elaunch[terminal]') to see what it draws"
+)
 F_SETPIPE_SZ = 1031
 PR_SET_PDEATHSIG = 1
 
@@ -166,6 +170,7 @@ class LocalProcesses:
         self._use_pidfd = hasattr(os, "pidfd_open")
         self._spawn_thread = threading.get_ident()
         self._ptys = ptys
+        self._warned_emulator = False
         self._timed: set[tuple[int, int]] = set()
         """(local rank, stream) whose decoder waits for time to pass (a prompt, bars going stale)."""
 
@@ -317,6 +322,9 @@ class LocalProcesses:
         self._bus.publish(WorkerBytes(local_rank=local_rank, global_rank=gr, stream=stream, data=data))
         buf = proc.bufs[stream]
         self._publish(proc, stream, buf.feed(data, time.monotonic()))
+        if buf.missing_emulator and not self._warned_emulator:
+            self._warned_emulator = True
+            self._bus.publish(Message(level="warning", text=NO_EMULATOR))
         if buf.due() is not None:
             self._timed.add((local_rank, stream))
         return True

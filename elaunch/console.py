@@ -200,6 +200,8 @@ class PlainConsole:
                 else:
                     self._write(f, prefix_lines(e.data, prefix))
             self._progress_at.pop(e.local_rank * 4 + e.stream, None)
+        elif isinstance(e, ev.WorkerBytes):
+            pass  # the raw bytes are for the files; the console writes the decoded lines
         elif isinstance(e, ev.WorkerPartialLine):
             self._partial(e)
         elif isinstance(e, ev.WorkerProgress):

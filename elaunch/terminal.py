@@ -40,9 +40,6 @@ draws to the width its pty reports, not to this)."""
 REACH_TTL = 5.0
 """Seconds without a redraw after which the rows above the cursor are final again."""
 
-RECENT = 4096
-"""Bytes of plain output remembered, to seed the emulator with the line above the cursor."""
-
 MAX_BARS = 8
 """Rows of bars kept per stream (the lowest, nearest the cursor); more are dropped from the view."""
 
@@ -123,6 +120,11 @@ def terminal_restored(fd: int = 0) -> Any:
                 termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+Decoded = tuple[bytes, bytes | None, bytes | None]
+"""What a read (or the passing of time) made of a stream: (complete lines, b"" or ending in b"\\n";
+the current bars, None: unchanged, b"": cleared; a prompt to show, None: none). A tuple: it is
+made for every read of every worker."""
+
 PARTIAL_IDLE = 0.15
 """Seconds an unfinished line waits for its end before it is shown as it is (a prompt)."""
 
@@ -136,12 +138,12 @@ class StreamDecoder:
     seconds (`due` says when `tick` should be called), then at each change until it ends.
     """
 
-    __slots__ = ("_changed_at", "_lines", "_open", "_recent", "_screen", "_seen", "missing_emulator")
+    __slots__ = ("_changed_at", "_last", "_lines", "_open", "_screen", "_seen", "missing_emulator")
 
     def __init__(self) -> None:
         self._lines: LineBuffer | None = LineBuffer()
         self._screen: TerminalBuffer | None = None
-        self._recent = b""
+        self._last = b""
         """The last bytes fed, for the row above the cursor when the emulator takes over."""
         self._seen = b""
         """The unfinished line after the last feed, and when it last changed."""
@@ -156,54 +158,46 @@ class StreamDecoder:
         return self._screen is not None
 
     def feed(self, data: bytes, now: float) -> Decoded:
-        if self._lines is not None and not self._draws(data):
-            if len(data) >= RECENT:
-                self._recent = data[-RECENT:]
-            else:
-                self._recent = (self._recent + data)[-RECENT:]
-            lines, bars = self._lines.feed(data)
+        lb = self._lines
+        if lb is not None and (self.missing_emulator or not self._draws(data) or not self._switch()):
+            # The line above, should the emulator take over: a reference to a big read (no copy).
+            self._last = data if len(data) >= 512 else self._last[-512:] + data
+            lines, bars = lb.feed(data)
+            pending = lb.pending()
         else:
-            if self._lines is not None and not self._switch():
-                return self._fallback(data, now)
             assert self._screen is not None
             lines, bars = self._screen.feed(data, now)
+            pending = self._screen.pending()
         partial = None
         if lines:
             self._open = None  # the line that was shown ended (its bytes are in `lines`)
-        pending = self.pending()
         if pending != self._seen:
             self._seen, self._changed_at = pending, now
             if self._open is not None and pending:
                 self._open = partial = pending  # shown already: each change at once
-        return Decoded(lines, bars, partial)
+        return lines, bars, partial
 
     def _draws(self, data: bytes) -> bool:
-        window = self._window(data)
-        return b"\x1b" in window and CURSOR_CONTROL.search(window) is not None
-
-    def _window(self, data: bytes) -> bytes:
-        """`data` with the end of what came before, when an escape may have been cut there."""
-        return self._recent[-16:] + data if b"\x1b" in self._recent[-16:] else data
-
-    def _fallback(self, data: bytes, now: float) -> Decoded:
-        """Without pyte: lines as written, escape codes included (as before the emulator existed)."""
-        assert self._lines is not None
-        self.missing_emulator = True
-        self._recent = b""
-        lines, bars = self._lines.feed(data)
-        return Decoded(lines, bars, None)
+        last = self._last
+        if last.find(b"\x1b", len(last) - 16) >= 0:  # an escape may have been cut between reads
+            data = last[-16:] + data
+        elif b"\x1b" not in data:
+            return False
+        return CURSOR_CONTROL.search(data) is not None
 
     def _switch(self) -> bool:
-        """Hand the stream to a terminal emulator; False when pyte is not installed."""
+        """Hand the stream to a terminal emulator; False when pyte is not installed (then its
+        lines pass on as written, escape codes included, as before the emulator existed)."""
         assert self._lines is not None
         try:
             screen = TerminalBuffer(reach=1)
         except ImportError:
+            self.missing_emulator = True
             return False
         partial = self._lines.take_partial()
         self._lines = None
         self._screen = screen
-        done = self._recent[: len(self._recent) - len(partial)]
+        done = self._last[: len(self._last) - len(partial)] if len(partial) < len(self._last) else b""
         if done.endswith(b"\n"):  # the line above, already passed on: the screen needs it
             screen.seed(done[:-1].rsplit(b"\n", 1)[-1])
         screen.start(partial)
@@ -229,7 +223,7 @@ class StreamDecoder:
             self._seen, self._changed_at = pending, now
         if pending and pending != self._open and now >= self._changed_at + PARTIAL_IDLE:
             self._open = partial = pending
-        return Decoded(lines, bars, partial)
+        return lines, bars, partial
 
     def pending(self) -> bytes:
         """The unfinished line when it is not a bar, else b""."""
@@ -246,16 +240,6 @@ class StreamDecoder:
             return self._lines.flush()
         assert self._screen is not None
         return self._screen.flush()
-
-
-@value
-class Decoded(Value):
-    """What a read (or the passing of time) made of a stream: complete lines (b"" or ending in
-    b"\\n"), the current bars (None: unchanged; b"": cleared) and a prompt to show (None: none)."""
-
-    lines: bytes = b""
-    bars: bytes | None = None
-    partial: bytes | None = None
 
 
 def _make_screen(columns: int, lines: int) -> Any:

@@ -330,14 +330,15 @@ class LocalProcesses:
         return True
 
     def _publish(self, proc: _Proc, stream: int, d: Decoded) -> None:
+        lines, bars, partial = d
         lr, gr = proc.plan.local_rank, proc.plan.global_rank
-        if d.lines:
-            proc.tail.feed(stream, d.lines)
-            self._bus.publish(WorkerOutput(local_rank=lr, global_rank=gr, stream=stream, data=d.lines))
-        if d.bars is not None:
-            self._bus.publish(WorkerProgress(local_rank=lr, global_rank=gr, stream=stream, text=d.bars))
-        if d.partial is not None:
-            self._bus.publish(WorkerPartialLine(local_rank=lr, global_rank=gr, stream=stream, text=d.partial))
+        if lines:
+            proc.tail.feed(stream, lines)
+            self._bus.publish(WorkerOutput(local_rank=lr, global_rank=gr, stream=stream, data=lines))
+        if bars is not None:
+            self._bus.publish(WorkerProgress(local_rank=lr, global_rank=gr, stream=stream, text=bars))
+        if partial is not None:
+            self._bus.publish(WorkerPartialLine(local_rank=lr, global_rank=gr, stream=stream, text=partial))
 
     def _next_due(self) -> float | None:
         """The earliest time a stream's decoder has something to do without new bytes."""

@@ -28,9 +28,9 @@ def decode(raw: bytes, step: int, seed: int = 0) -> tuple[bytes, list[bytes]]:
         n = max(1, rng.randrange(1, 2 * step))
         t += 0.001
         got = d.feed(raw[i : i + n], t)
-        out.append(got.lines)
-        if got.bars:
-            bars.append(got.bars)
+        out.append(got[0])
+        if got[1]:
+            bars.append(got[1])
         i += n
     out.append(d.flush())
     return b"".join(out), bars
@@ -39,7 +39,7 @@ def decode(raw: bytes, step: int, seed: int = 0) -> tuple[bytes, list[bytes]]:
 def test_plain_output_is_the_fast_path_and_keeps_bytes() -> None:
     d = StreamDecoder()
     got = d.feed(b"a\n\xff\xfe bad \x1b[31mred\x1b[0m\npart", 0.0)
-    assert got.lines == b"a\n\xff\xfe bad \x1b[31mred\x1b[0m\n"  # colours are not cursor control
+    assert got[0] == b"a\n\xff\xfe bad \x1b[31mred\x1b[0m\n"  # colours are not cursor control
     assert not d.emulated
     assert d.pending() == b"part"
     assert d.flush() == b"part\n"
@@ -47,22 +47,22 @@ def test_plain_output_is_the_fast_path_and_keeps_bytes() -> None:
 
 def test_a_waiting_line_is_passed_on_after_a_moment_then_at_each_change() -> None:
     d = StreamDecoder()
-    assert d.feed(b"name? ", 10.0).partial is None
+    assert d.feed(b"name? ", 10.0)[2] is None
     due = d.due()
     assert due == pytest.approx(10.0 + PARTIAL_IDLE)
-    assert d.tick(10.0 + PARTIAL_IDLE / 2).partial is None
-    assert d.tick(due).partial == b"name? "
+    assert d.tick(10.0 + PARTIAL_IDLE / 2)[2] is None
+    assert d.tick(due)[2] == b"name? "
     assert d.due() is None  # shown: nothing more to wait for
-    assert d.feed(b"al", due + 0.01).partial == b"name? al"  # echoed typing shows at once
+    assert d.feed(b"al", due + 0.01)[2] == b"name? al"  # echoed typing shows at once
     got = d.feed(b"ice\nhello\n", due + 0.02)
-    assert got.lines == b"name? alice\nhello\n" and got.partial is None
+    assert got[0] == b"name? alice\nhello\n" and got[2] is None
     assert d.due() is None
 
 
 def test_a_bar_is_not_a_prompt() -> None:
     d = StreamDecoder()
     got = d.feed(b"\r 10%|#", 0.0)
-    assert got.bars == b" 10%|#" and d.due() is None
+    assert got[1] == b" 10%|#" and d.due() is None
 
 
 def _tqdm_nested() -> bytes:
@@ -124,12 +124,12 @@ def test_rich_live_progress_becomes_its_log_lines_and_final_bars(step: int) -> N
 
 def test_rows_that_stop_being_redrawn_become_lines() -> None:
     d = StreamDecoder()
-    assert d.feed(b"\x1b[K 50%", 0.0).bars == b" 50%"  # a program that draws
+    assert d.feed(b"\x1b[K 50%", 0.0)[1] == b" 50%"  # a program that draws
     got = d.feed(b"\r100%\n", 0.1)  # its bar ends
-    assert got.lines == b""  # within reach: it could still move back up to it
+    assert got[0] == b""  # within reach: it could still move back up to it
     assert d.due() == pytest.approx(0.0 + REACH_TTL)
-    assert d.tick(REACH_TTL - 0.1).lines == b""
-    assert d.tick(REACH_TTL + 0.1).lines == b"100%\n"
+    assert d.tick(REACH_TTL - 0.1)[0] == b""
+    assert d.tick(REACH_TTL + 0.1)[0] == b"100%\n"
 
 
 def _console() -> tuple[PlainConsole, ev.Bus, io.BytesIO]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import sys
 
 import pytest
 
@@ -157,3 +158,12 @@ def test_another_ranks_line_does_not_cut_a_prompt_and_the_rest_is_not_repeated()
     bus.publish(ev.WorkerPartialLine(local_rank=0, global_rank=0, stream=1, text=b"name? more "))
     bus.publish(ev.WorkerOutput(local_rank=0, global_rank=0, stream=1, data=b"name? more bob\n"))
     assert out.getvalue() == b"[0] name? \n[1] tick\n[0] more bob\n"
+
+
+def test_without_pyte_a_drawing_stream_passes_on_as_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyte", None)  # import pyte -> ImportError
+    d = StreamDecoder()
+    lines, _, _ = d.feed(b"a\n\r 10%\x1b[A\nb\n", 0.0)
+    assert d.missing_emulator and not d.emulated
+    assert lines == b"a\n 10%\x1b[A\nb\n"  # as before the emulator existed
+    assert d.feed(b"c\x1b[Ad\n", 0.1)[0] == b"c\x1b[Ad\n"

@@ -110,7 +110,7 @@ def _rich_progress() -> bytes:
     return f.getvalue().encode()
 
 
-@pytest.mark.parametrize("step", [5, 50, 4096])
+@pytest.mark.parametrize("step", [5, 50, 500, 1 << 20])
 def test_rich_live_progress_becomes_its_log_lines_and_final_bars(step: int) -> None:
     raw = _rich_progress()
     assert b"\x1b[1A" in raw or b"\x1b[A" in raw
@@ -120,12 +120,15 @@ def test_rich_live_progress_becomes_its_log_lines_and_final_bars(step: int) -> N
     assert [x for x in text if "done" in x] == ["epoch 0 done", "epoch 1 done", "epoch 2 done"]
     assert text[-2].startswith("epoch") and "100%" in text[-2]
     assert text[-1].startswith("batch")
-    assert any(b.startswith(b"epoch") and b"\nbatch" in b for b in bars)
+    # Its first redraws may come before elaunch knows the area's height: a stale frame or two, no more.
+    assert len(text) <= 3 + 2 + 2, text
+    if step < 1000:
+        assert any(b.startswith(b"epoch") and b"\nbatch" in b for b in bars)
 
 
 def test_rows_that_stop_being_redrawn_become_lines() -> None:
     d = StreamDecoder()
-    assert d.feed(b"\x1b[K 50%", 0.0)[1] == b" 50%"  # a program that draws
+    assert d.feed(b"\x1b[1A\r 50%", 0.0)[1] == b" 50%"  # a program that moves the cursor up
     got = d.feed(b"\r100%\n", 0.1)  # its bar ends
     assert got[0] == b""  # within reach: it could still move back up to it
     assert d.due() == pytest.approx(0.0 + REACH_TTL)
@@ -167,3 +170,15 @@ def test_without_pyte_a_drawing_stream_passes_on_as_lines(monkeypatch: pytest.Mo
     assert d.missing_emulator and not d.emulated
     assert lines == b"a\n 10%\x1b[A\nb\n"  # as before the emulator existed
     assert d.feed(b"c\x1b[Ad\n", 0.1)[0] == b"c\x1b[Ad\n"
+
+
+def test_an_erase_alone_does_not_hold_lines_back() -> None:
+    # readline erasing after a backspace in pdb: the lines above the prompt are finished, the
+    # prompt is a prompt (not a bar).
+    d = StreamDecoder()
+    assert d.feed(b"> f.py(3)\n(Pdb) p xx\b\x1b[K", 0.0)[0] == b"> f.py(3)\n"
+    assert d.emulated
+    lines, _, _ = d.feed(b"\n41\n(Pdb) ", 0.1)
+    assert lines == b"(Pdb) p x\n41\n"
+    assert d.pending() == b"(Pdb)"
+    assert d.tick(0.1 + PARTIAL_IDLE)[2] == b"(Pdb)"

@@ -104,7 +104,7 @@ def test_a_prompt_shows_before_the_answer_through_pipes(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_every_worker_reads_the_launchers_stdin_as_under_torchrun(tmp_path: Path) -> None:
+def test_workers_inherit_the_launchers_stdin_as_under_torchrun(tmp_path: Path) -> None:
     script = write_script(tmp_path, "w.py", PROMPT)
     r = subprocess.run(
         [*ELAUNCH, "--standalone", "--nproc-per-node", "2", str(script)],
@@ -262,8 +262,10 @@ def test_pdb_in_rank_0_is_usable_in_the_live_view(tmp_path: Path, tmux: Tmux) ->
     script = write_script(tmp_path, "pdbw.py", PDB)
     tmux.start(["--nproc-per-node", "2", str(script)])
     tmux.wait_screen("[0] (Pdb)", "[1] tick 2")
-    tmux.keys("p x")
-    tmux.wait_screen("[0] (Pdb) p x")  # what the user types is visible
+    tmux.keys("p xyz")
+    tmux.wait_screen("[0] (Pdb) p xyz")  # what the user types is visible
+    tmux.keys("BSpace", "BSpace")  # readline erases: the line is read as a terminal shows it
+    wait_until(lambda: "[0] (Pdb) p x\n" in tmux.screen(), 30, "the line after two backspaces")
     tmux.keys("Enter")
     screen = tmux.wait_screen("[0] 41")
     assert "[1] tick 2" in screen  # lines printed while the status area stepped aside are kept

@@ -182,3 +182,24 @@ def test_an_erase_alone_does_not_hold_lines_back() -> None:
     assert lines == b"(Pdb) p x\n41\n"
     assert d.pending() == b"(Pdb)"
     assert d.tick(0.1 + PARTIAL_IDLE)[2] == b"(Pdb)"
+
+
+@pytest.mark.parametrize("step", [3, 100, 3000])
+def test_lines_written_under_live_bars_are_kept_once_in_order(step: int) -> None:
+    tqdm = pytest.importorskip("tqdm").tqdm
+    f = io.StringIO()
+    outer = tqdm(total=300, file=f, desc="outer", position=0, ascii=True, mininterval=0)
+    inner = tqdm(total=300, file=f, desc="inner", position=1, ascii=True, mininterval=0)
+    for i in range(300):
+        tqdm.write(f"line {i:03d} " + "y" * (i % 50), file=f)
+        outer.update()
+        inner.update()
+    inner.close()
+    outer.close()
+    lines, _ = decode(f.getvalue().encode(), step, seed=step)
+    text = lines.decode().splitlines()
+    got = [x for x in text if x.startswith("line ")]
+    assert got == [
+        (f"line {i:03d} " + "y" * (i % 50)).rstrip() for i in range(300)
+    ]  # (a screen has no trailing blanks)
+    assert len(text) - len(got) <= 3, [x for x in text if not x.startswith("line ")]  # the two final bars (+1 stale)

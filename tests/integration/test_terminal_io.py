@@ -39,9 +39,13 @@ class Tmux:
     def _tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=False)
 
-    def start(self, args: list[str], env: str = "") -> None:
+    def start(self, args: list[str], env: str = "", after: str = "") -> None:
+        """Run elaunch with `args` in the pane, then the shell command `after`."""
         keep = " ".join(f"{k}={shlex.quote(v)}" for k, v in os.environ.items() if k in ("PYTHONPATH", "PATH"))
-        cmd = f"env -u NO_COLOR {keep} TERM=xterm-256color {env} {shlex.join([*ELAUNCH, *args])}; echo EXIT=$? > {self.done}; sleep 60"
+        cmd = (
+            f"env -u NO_COLOR {keep} TERM=xterm-256color {env} {shlex.join([*ELAUNCH, *args])}; "
+            f"code=$?; {after or 'true'}; echo EXIT=$code > {self.done}; sleep 60"
+        )
         r = self._tmux("new-session", "-d", "-x", "150", "-y", "40", cmd)
         assert r.returncode == 0, r.stderr
 
@@ -273,3 +277,23 @@ def test_pdb_in_rank_0_is_usable_in_the_live_view(tmp_path: Path, tmux: Tmux) ->
     assert tmux.exit_code() == "EXIT=0"
     screen = tmux.wait_screen("job SUCCEEDED", "[0] after pdb 41")
     assert '-> print("after pdb", x)' in screen
+
+
+@pytest.mark.timeout(90)
+@needs_tmux
+def test_the_terminal_is_put_back_when_a_worker_dies_inside_input(tmp_path: Path, tmux: Tmux) -> None:
+    # As readline leaves it while it reads: no echo, no line editing; then the worker is killed.
+    script = write_script(
+        tmp_path,
+        "raw.py",
+        "import os, termios\n"
+        "a = termios.tcgetattr(0)\n"
+        "a[3] &= ~(termios.ECHO | termios.ICANON)\n"
+        "termios.tcsetattr(0, termios.TCSANOW, a)\n"
+        "os.kill(os.getpid(), 9)\n",
+    )
+    stty = tmp_path / "stty"
+    tmux.start(["--nproc-per-node", "1", str(script)], after=f"stty -a > {stty}")
+    assert tmux.exit_code() == "EXIT=137"
+    flags = stty.read_text().split()
+    assert "echo" in flags and "icanon" in flags, flags

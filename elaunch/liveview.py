@@ -212,8 +212,8 @@ class LiveConsole:
     """A sink drawing the live view; `plain` writes the streams that are not the terminal.
 
     Holds no run state: the status area reads `views` (the tracker) when rich redraws it. Worker
-    lines are printed at most every PRINT_INTERVAL by a printer thread; agent lines at once (after
-    the worker lines before them). While a worker waits on an unfinished line (a prompt: `input()`,
+    and agent lines are printed, in order, at most every PRINT_INTERVAL by a printer thread (the
+    final report at once, after them). While a worker waits on an unfinished line (a prompt: `input()`,
     pdb), the status area steps aside: it is erased, the line is shown with the cursor after it, so
     what the user types (echoed by the terminal or by the worker) appears after it, and comes back
     when the line ends.

@@ -352,12 +352,15 @@ class LiveConsole:
         for t in self._pending:
             out.append_text(t)
         self._pending.clear()
-        if self._prompt is not None:
-            self._raw(b"\r\x1b[2K")
-            self.console.print(out, end="")
-            self._draw_prompt()
-        else:
-            self.console.print(out, end="")
+        try:
+            if self._prompt is not None:
+                self._raw(b"\r\x1b[2K")
+                self.console.print(out, end="")
+                self._draw_prompt()
+            else:
+                self.console.print(out, end="")
+        except (OSError, ValueError):
+            pass  # the terminal is gone: these lines are lost to it, the next are tried again
 
     def _print_loop(self) -> None:
         with self._lock:

@@ -56,6 +56,7 @@ format:
 bench: install-dev
 	$(PY) scripts/bench_launch.py
 	$(PY) scripts/bench_logs.py
+	$(PY) scripts/bench_live.py
 	$(PY) scripts/bench_rendezvous.py
 	$(PY) scripts/bench_recovery.py
 	$(PY) scripts/bench_api.py
@@ -63,6 +64,7 @@ bench: install-dev
 bench-quick: install-dev
 	$(PY) scripts/bench_launch.py --quick
 	$(PY) scripts/bench_logs.py --quick
+	$(PY) scripts/bench_live.py --quick
 	$(PY) scripts/bench_rendezvous.py --quick
 	$(PY) scripts/bench_recovery.py --quick
 	$(PY) scripts/bench_api.py --quick

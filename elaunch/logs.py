@@ -35,6 +35,16 @@ class LineBuffer:
             head = collapse_cr(head)
         return head, self._progress()
 
+    def pending(self) -> bytes:
+        """The unfinished last line when it is not a `\\r`-redrawn bar (a prompt), else b""."""
+        p = self._partial
+        return b"" if b"\r" in p else p
+
+    def take_partial(self) -> bytes:
+        """The unfinished last line as received, leaving the buffer empty (to hand the stream on)."""
+        p, self._partial = self._partial, b""
+        return p
+
     def _progress(self) -> bytes | None:
         p = self._partial
         if b"\r" not in p:

@@ -51,7 +51,9 @@ class WorkerRow(Value):
 
     `attempt` counts rendezvous rounds on this node (the `attempt_<k>` directory); `restart` is
     the failure restarts used when it started. `exitcode`/`signal`/`stopped_by_agent` are set
-    when it reaches a terminal state. `progress` is its pending `\\r`-redrawn line, or "".
+    when it reaches a terminal state. `progress` is its pending `\\r`-redrawn line (or the rows of
+    bars it redraws, one per line), or ""; `progress_stream` the stream it is drawn on (output on
+    the other stream, such as `tqdm.write` lines on stdout under bars on stderr, leaves it).
     """
 
     local_rank: int
@@ -65,6 +67,7 @@ class WorkerRow(Value):
     ended: float | None = None
     last_output: float | None = None
     progress: str = ""
+    progress_stream: int = 0
     exitcode: int | None = None
     signal: int | None = None
     stopped_by_agent: bool = False
@@ -240,6 +243,8 @@ def _output(v: RunView, e: ev.WorkerOutput) -> RunView:
     row = v.worker(e.local_rank)
     if row is None:
         return v
+    if row.progress and e.stream != row.progress_stream:
+        return _with_row(v, replace(row, last_output=e.ts))
     return _with_row(v, replace(row, last_output=e.ts, progress=""))
 
 
@@ -248,7 +253,7 @@ def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
     if row is None:
         return v
     text = e.text.decode(errors="replace").strip()
-    return _with_row(v, replace(row, last_output=e.ts, progress=text))
+    return _with_row(v, replace(row, last_output=e.ts, progress=text, progress_stream=e.stream))
 
 
 def _restart(v: RunView, e: ev.RestartDecided) -> RunView:

@@ -289,6 +289,8 @@ class Agent:
         woke = self._procs.wait(0)
         self._record_exits(woke.exits)
         self._handle_signals(woke.signals)
+        if sig == signal.SIGPIPE:  # the job's output is gone (outputs.py): the workers get a plain SIGTERM
+            sig = signal.SIGTERM
         self._stopping, self._stop_signal = True, sig
         running = self._procs.running()
         if running:
@@ -322,7 +324,7 @@ class Agent:
                 self._shutdown_signals.append(sig)
             self._bus.publish(ev.SignalReceived(signal=sig, action=action))
             if action == "shutdown" and self._stopping and self._procs.running():
-                self._procs.send(sig)
+                self._procs.send(signal.SIGTERM if sig == signal.SIGPIPE else sig)
             kill_now = kill_now or action == "kill"
         if kill_now:
             self._procs.send(signal.SIGKILL)

@@ -18,6 +18,7 @@ from elaunch.config import LaunchConfig
 from elaunch.errors import ElaunchError
 from elaunch.events import Bus, Message, RunFinished, Sink
 from elaunch.options import build_config
+from elaunch.outputs import STOP_SIGNAL, Outputs
 from elaunch.policy import SignalPolicy
 from elaunch.reaper import Reaper
 from elaunch.rendezvous import create_rendezvous
@@ -62,6 +63,7 @@ def launch(
         stack.callback(bus.close)
         tracker = RunTracker()  # first: every sink reads the view it keeps
         bus.subscribe(tracker)
+        outputs = Outputs(bus.publish, trap.interrupt, files=config.output.files)
         for s in build_sinks(
             config.output,
             host=host,
@@ -72,6 +74,7 @@ def launch(
             terminal=stdout is None,
             env=env,
             views=tracker,
+            outputs=outputs,
         ):
             bus.subscribe(s)
         for s in sinks:
@@ -92,7 +95,7 @@ def launch(
             result = RunResult(state=WorkerState.FAILED, message=e.message)
             bus.publish(RunFinished(result=result))
             return result
-        log_files = build_log_files(output, run_dir, tracker)
+        log_files = build_log_files(output, run_dir, tracker, outputs)
         if log_files is not None:
             if output.log_dir is None:
                 bus.publish(Message(level="info", text=f"-r/-t: worker output files are kept in {run_dir.path}"))
@@ -106,7 +109,7 @@ def launch(
             bus,
             host=host,
             error_files=run_dir,
-            signals=signal_policy(config.signals_to_handle),
+            signals=signal_policy([*config.signals_to_handle, STOP_SIGNAL]),
             node_rank=config.rdzv.node_rank,
         )
         return agent.run()

@@ -67,6 +67,12 @@ class SignalTrap:
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self._pending.append(signum)
 
+    def interrupt(self, signum: int) -> None:
+        """Act as if `signum` had been caught: the agent's next `drain` returns it (used to stop
+        the job when its output has nowhere left to go, outputs.py). Call from the agent's thread."""
+        self._pending.append(signum)
+        self._pipe.poke()
+
     def drain(self) -> list[int]:
         self._pipe.drain()
         out, self._pending = self._pending, []

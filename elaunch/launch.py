@@ -24,7 +24,7 @@ from elaunch.reaper import Reaper
 from elaunch.rendezvous import create_rendezvous
 from elaunch.rundir import RunDir
 from elaunch.runview import RunTracker
-from elaunch.signals import SignalTrap
+from elaunch.signals import Interrupted, SignalTrap, signal_name
 from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
 from elaunch.workers import LocalProcesses
@@ -82,8 +82,19 @@ def launch(
         for text in config.warnings:
             bus.publish(Message(level="warning", text=text))
         output = config.output
+        policy = signal_policy([*config.signals_to_handle, STOP_SIGNAL])
         try:
-            rdzv = create_rendezvous(config.rdzv)
+            try:
+                with trap.interruptible(policy.shutdown):  # a signal ends the wait for the store
+                    rdzv = create_rendezvous(config.rdzv)
+            except Interrupted as intr:
+                result = RunResult(
+                    state=WorkerState.STOPPED,
+                    interrupted_by=intr.signum,
+                    message=f"stopped by {signal_name(intr.signum)} while reaching the rendezvous",
+                )
+                bus.publish(RunFinished(result=result))
+                return result
             stack.callback(rdzv.shutdown)
             try:
                 run_dir = RunDir(output.log_dir, rdzv.run_id, reaper, keep=output.files)
@@ -109,7 +120,7 @@ def launch(
             bus,
             host=host,
             error_files=run_dir,
-            signals=signal_policy([*config.signals_to_handle, STOP_SIGNAL]),
+            signals=policy,
             node_rank=config.rdzv.node_rank,
         )
         return agent.run()

@@ -32,7 +32,7 @@ def ensure_std_fds() -> tuple[int, ...]:
         os.set_inheritable(fd, True)
         name = _NAMES[fd]
         if getattr(sys, name) is None:
-            setattr(
-                sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-            )  # noqa: SIM115
+            mode = "r" if fd == 0 else "w"
+            stream = open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            setattr(sys, name, stream)
     return tuple(missing)

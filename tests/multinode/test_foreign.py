@@ -1,0 +1,85 @@
+"""The world around a multi-node job: an unrelated server on the rendezvous port (#10 item 7)."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from scripts.testbed import free_port, wait_until
+from scripts.testbed.procs import stop_popen
+from tests.helpers import ELAUNCH, run_elaunch, write_script
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the c10d store needs torch")
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[int]:
+    """`python3 -m http.server PORT` on loopback: accepts connections, never speaks c10d."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _listening(proc.pid, port), 30, "http.server to listen")
+        yield port
+    finally:
+        stop_popen(proc)
+
+
+def _listening(pid: int, port: int) -> bool:
+    return any(c.laddr and c.laddr.port == port and c.status == "LISTEN" for c in psutil.Process(pid).net_connections())
+
+
+def _connected(pid: int, port: int) -> bool:
+    return any(c.raddr and c.raddr.port == port for c in psutil.Process(pid).net_connections())
+
+
+def _args(port: int, conf: str, script: Path) -> list[str]:
+    return ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--nnodes", "2",
+            "--rdzv-id", "foreign", "--rdzv-conf", conf, str(script)]  # fmt: skip
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(90)
+def test_foreign_server_on_the_endpoint_is_named_within_read_timeout(tmp_path: Path, http_server: int) -> None:
+    script = write_script(tmp_path, "w.py", "print('never runs')\n")
+    r = run_elaunch(_args(http_server, "join_timeout=5,read_timeout=3", script), timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "did not answer as a rendezvous store" in r.stderr and f"127.0.0.1:{http_server}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "never runs" not in r.stdout
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_the_wait_for_a_foreign_server(tmp_path: Path, http_server: int, sig: int, code: int) -> None:
+    """Time limits far away (read_timeout 300 s): only the signal can end the wait."""
+    script = write_script(tmp_path, "w.py", "print('never runs')\n")
+    summary = tmp_path / "summary.json"
+    proc = subprocess.Popen(
+        [*ELAUNCH, "--summary-file", str(summary), *_args(http_server, "join_timeout=300,read_timeout=300", script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _connected(proc.pid, http_server), 60, "elaunch to connect to the foreign server")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop_popen(proc)
+    assert proc.returncode == code, err
+    assert "job STOPPED by" in err and "Traceback" not in err
+    assert summary.exists()

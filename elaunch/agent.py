@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from elaunch import events as ev
-from elaunch.errors import RendezvousClosedError, RendezvousError, WorkerStartError
+from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousRefusedError, WorkerStartError
 from elaunch.failures import cause_text, failure_summary
 from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, stopped_by_agent, worker_exit_state
 from elaunch.ranks import worker_plans
@@ -139,6 +139,9 @@ class Agent:
         except RendezvousClosedError as e:
             self._stop_workers(signal.SIGTERM)
             result = self._result(WorkerState.FAILED, message=f"the job was closed: {e.message}")
+        except RendezvousRefusedError as e:  # not in the others' job: nothing of theirs to close
+            self._stop_workers(signal.SIGTERM)
+            result = self._result(WorkerState.FAILED, message=e.message)
         except (RendezvousError, WorkerStartError) as e:
             self._stop_workers(signal.SIGTERM)
             self._close(f"{self._host}: {e.message}")

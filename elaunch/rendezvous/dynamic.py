@@ -20,7 +20,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousTimeoutError, StoreError
+from elaunch.errors import (
+    RendezvousClosedError,
+    RendezvousError,
+    RendezvousRefusedError,
+    RendezvousTimeoutError,
+    StoreError,
+)
 from elaunch.rendezvous import rounds
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
@@ -147,6 +153,10 @@ class DynamicRendezvous:
             elif rnd > 0:  # a job is running: if its round is full, stand by (see below)
                 running = rounds.decode_group(st.get(self._k.round(rnd - 1).final))
                 if rounds.round_is_full(len(running), self._max):
+                    if self._min == self._max and self._all_beating(st, rnd - 1, running):
+                        # A fixed size has no spares and no node of the job is lost (this is not its
+                        # replacement): a second job with the same id. Told at once, not stood by.
+                        raise RendezvousRefusedError(rounds.already_running_reason(self._run_id, running))
                     self._standby(st, rnd - 1, running)
                     deadline = time.monotonic() + self._s.join_timeout
             rec = NodeRecord(self._id, me, self._prio)
@@ -332,6 +342,22 @@ class DynamicRendezvous:
                 if fin_id == self._id:
                     st.append(k.gone, dead + "\n")
                     return self._finalise(st, rnd, deadline)
+
+    def _all_beating(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> bool:
+        """True when every node of the running round `rnd` beats (its heartbeat counter moves)
+        within heartbeat_timeout and the round is not ending (`released` absent): the job is
+        alive and whole. False as soon as the round ends, or when a node stopped beating."""
+        keys = [self._k.hb(r.id) for r in group]
+        first = [st.add(k, 0) for k in keys]
+        pending = set(range(len(keys)))
+        deadline = time.monotonic() + self._s.heartbeat_timeout
+        released = self._k.round(rnd).released
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or st.wait([released], min(self._slice, left) / 4):
+                return False
+            pending = {i for i in pending if st.add(keys[i], 0) == first[i]}
+        return True
 
     def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
         """Block until a node of the full round `rnd` leaves it (`released` appears) or the job

@@ -267,6 +267,15 @@ def no_room_reason(number: int, group_size: int, host: str, node_rank: int | Non
     )
 
 
+def already_running_reason(run_id: str, running: Sequence[NodeRecord]) -> str:
+    """Why a new node of a fixed-size job (--nnodes N) whose running round is full is refused."""
+    hosts = ", ".join(dict.fromkeys(r.info.host for r in running))
+    return (
+        f"a job with run id {run_id!r} is already running on {hosts} ({len(running)} of {len(running)} nodes): "
+        "use another --rdzv-id for a separate job (or --nnodes MIN:MAX for spare nodes that stand by)"
+    )
+
+
 def join_timeout_reason(
     run_id: str,
     number: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import subprocess
 import sys
@@ -83,3 +84,46 @@ def test_a_signal_ends_the_wait_for_a_foreign_server(tmp_path: Path, http_server
     assert proc.returncode == code, err
     assert "job STOPPED by" in err and "Traceback" not in err
     assert summary.exists()
+
+
+WAIT_FOR_GO = """
+import os, time
+go = os.path.join(os.path.dirname(os.path.abspath(__file__)), "go")
+print("first job running", flush=True)
+deadline = time.time() + 120
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.05)
+"""
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(150)
+def test_a_second_job_with_the_same_run_id_is_told_at_once(tmp_path: Path) -> None:
+    """#10 item 9: real agents, c10d on loopback. A two-node job runs; a third agent with the same
+    run id is refused in one line, exit 1, and the job is not disturbed (neither closed nor left)."""
+    script = write_script(tmp_path, "w.py", WAIT_FOR_GO)
+    port = free_port()
+    args = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--nnodes", "2",
+            "--rdzv-id", "same-id", "--rdzv-conf", "join_timeout=60,heartbeat_timeout=3,keep_alive_interval=0.5",
+            str(script)]  # fmt: skip
+    job = [subprocess.Popen([*ELAUNCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    try:
+        for p in job:
+            assert p.stdout is not None
+            assert "first job running" in p.stdout.readline()
+        second = run_elaunch(args, timeout=60)
+        assert second.returncode == 1, second.stderr
+        told = [line for line in second.stderr.splitlines() if "already running" in line]
+        assert len(told) == 1 and f"run id 'same-id' is already running on {os.uname().nodename}" in told[0], (
+            second.stderr
+        )
+        assert "Failed to recv" not in second.stderr and "Traceback" not in second.stderr
+        assert "first job running" not in second.stdout
+        (tmp_path / "go").touch()
+        for p in job:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+    finally:
+        for p in job:
+            stop_popen(p)

@@ -153,3 +153,23 @@ def test_closed_standard_descriptors(tmp_path: Path, redirect: str) -> None:
         assert b"job SUCCEEDED" in r.stderr and b"Traceback" not in r.stderr
     if ">&-" not in redirect.replace("2>&-", ""):
         assert r.stdout.count(b"hello") == 2
+
+
+@pytest.mark.timeout(90)
+def test_summary_file_on_a_full_tmpfs_is_reported_once(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "lines.py", LINES)
+    with tiny_tmpfs(tmp_path / "small") as small:
+        filler = small / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as f:
+            f.write(b"x" * (1 << 20))  # fills it: ENOSPC, the part written stays
+        r = subprocess.run(
+            [*ELAUNCH, "--standalone", "--summary-file", str(small / "summary.json"), str(script), "10"],
+            capture_output=True, timeout=80, check=False,
+        )  # fmt: skip
+        assert not (small / "summary.json").exists()
+        assert [p.name for p in small.iterdir()] == ["filler"]  # no temp file left behind
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    lost = [line for line in err.splitlines() if "output lost" in line]
+    assert len(lost) == 1 and "--summary-file" in lost[0] and "No space left on device" in lost[0], err
+    assert "Traceback" not in err and "job SUCCEEDED" in err

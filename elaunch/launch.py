@@ -113,6 +113,13 @@ def launch(
             bus.subscribe(log_files)
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
         stack.callback(procs.close)
+        if hasattr(rdzv, "set_notice"):  # lines from the rendezvous thread, published by the agent's
+
+            def notice(text: str) -> None:
+                bus.post(Message(level="info", text=text))
+                procs.wake()
+
+            rdzv.set_notice(notice)
         agent = Agent(
             config.worker_spec(env),
             rdzv,

@@ -92,6 +92,8 @@ class DynamicRendezvous:
         self._stop = threading.Event()
         self._passed_barrier = False
         self._shut = False
+        self._notice: Callable[[str], None] | None = None
+        self._standing_by = False
 
         store.compare_set(self._k.open_round, "", "0")
         # Made now, not when first needed: a connection made mid-round costs the server an
@@ -194,6 +196,11 @@ class DynamicRendezvous:
     def set_wakeup(self, wake: Callable[[], None]) -> None:
         self._state.set_wakeup(wake)
 
+    def set_notice(self, notice: Callable[[str], None]) -> None:
+        """`notice(text)` is called (from the thread that runs `next_rendezvous`) with a line for the
+        user when this node starts to stand by for a full running round."""
+        self._notice = notice
+
     def set_closed(self, reason: str) -> None:
         """Close the job for every node; the first reason written wins everywhere.
 
@@ -212,6 +219,8 @@ class DynamicRendezvous:
         next beat and wakes its agent), and it is `gone` for later rounds; else close the job.
         Returns True when the job goes on. Raises `StoreError` if the store cannot be told."""
         rv = self._state.round
+        if rv is None and self._standing_by:  # a spare that never joined: the job is not ours to close
+            return True
         others = None if rv is None else rv.size - 1 - len(self._state.lost)
         if self._state.closed is not None or not rounds.can_leave(
             self._min, self._max, others, hosts_store=bool(getattr(self._store, "is_host", False))
@@ -360,6 +369,15 @@ class DynamicRendezvous:
         return True
 
     def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
+        if self._notice is not None:
+            self._notice(rounds.standby_notice(self._run_id, group))
+        self._standing_by = True  # not in the job: stopping now must not close it (`leave`)
+        try:
+            self._stand_by(st, rnd, group)
+        finally:
+            self._standing_by = False
+
+    def _stand_by(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
         """Block until a node of the full round `rnd` leaves it (`released` appears) or the job
         closes. No join timeout applies meanwhile (torch's "redundancy list"), but if the
         round's rank 0 stops beating and nobody releases it, the job is presumed dead and we

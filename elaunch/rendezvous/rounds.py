@@ -276,6 +276,15 @@ def already_running_reason(run_id: str, running: Sequence[NodeRecord]) -> str:
     )
 
 
+def standby_notice(run_id: str, running: Sequence[NodeRecord]) -> str:
+    """What a node that stands by for a full running round tells its user, once."""
+    hosts = ", ".join(dict.fromkeys(r.info.host for r in running))
+    return (
+        f"a job with run id {run_id!r} is running on {hosts} with its maximum of {len(running)} nodes: "
+        "this node stands by as a spare until a node leaves it (Ctrl-C to stop)"
+    )
+
+
 def join_timeout_reason(
     run_id: str,
     number: int,

@@ -127,3 +127,37 @@ def test_a_second_job_with_the_same_run_id_is_told_at_once(tmp_path: Path) -> No
     finally:
         for p in job:
             stop_popen(p)
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(150)
+def test_a_spare_of_an_elastic_job_says_it_stands_by(tmp_path: Path) -> None:
+    """--nnodes 1:2 running with 2 nodes: a third stands by (spares are elastic), and says so at once."""
+    script = write_script(tmp_path, "w.py", WAIT_FOR_GO)
+    port = free_port()
+    args = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--nnodes", "1:2",
+            "--rdzv-id", "spare-id", "--rdzv-conf", "join_timeout=60,last_call_timeout=30,heartbeat_timeout=3,keep_alive_interval=0.5",
+            str(script)]  # fmt: skip
+    job = [subprocess.Popen([*ELAUNCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    spare = None
+    try:
+        for p in job:
+            assert p.stdout is not None
+            assert "first job running" in p.stdout.readline()
+        spare = subprocess.Popen([*ELAUNCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert spare.stderr is not None
+        line = spare.stderr.readline()
+        while line and "run spare-id" in line:
+            line = spare.stderr.readline()
+        assert "is running on" in line and "stands by as a spare" in line, line
+        spare.send_signal(signal.SIGTERM)
+        _, err = spare.communicate(timeout=30)
+        assert spare.returncode == 143, err
+        (tmp_path / "go").touch()
+        for p in job:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+    finally:
+        for p in [*job, *([spare] if spare else [])]:
+            stop_popen(p)

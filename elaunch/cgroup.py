@@ -30,13 +30,15 @@ import time
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def become_subreaper() -> bool:
-    """Make this process a child subreaper (orphaned descendants are re-parented to it); False where refused."""
+def become_subreaper(on: bool = True) -> bool:
+    """Make this process a child subreaper (orphaned descendants are re-parented to it), or stop
+    being one (`on=False`: a program that called `elaunch.launch` gets its usual behaviour back).
+    False where refused."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
 

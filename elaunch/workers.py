@@ -434,5 +434,7 @@ class LocalProcesses:
         self.release()
         if self._cgroup is not None:
             self._cgroup.remove()
+        if self._subreaper:
+            become_subreaper(False)
         self._sel.close()
         self._wake.close()

@@ -11,18 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from scripts.bench_output_memory import WORKER as LONG_LINES
 from scripts.testbed.procs import stop_popen
 from tests.helpers import ELAUNCH, write_script
 
-LONG_LINES = """
-import sys
-n, k = int(sys.argv[1]), int(sys.argv[2])
-line = "E" * n + "\\n"
-for _ in range(k):
-    sys.stderr.write(line)
-    sys.stderr.flush()
-raise RuntimeError("boom " + "x" * n)
-"""
 RSS_LIMIT = 120 << 20
 """Far above what the agent needs (~20 MiB) and far below what it kept before the bounds (~500 MiB)."""
 

@@ -27,6 +27,7 @@ from elaunch.errors import (
     RendezvousTimeoutError,
     StoreError,
 )
+from elaunch.failures import SUMMARY_CHARS
 from elaunch.rendezvous import rounds
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
@@ -34,7 +35,11 @@ from elaunch.rendezvous.ports import free_port
 from elaunch.rendezvous.rounds import LastCall, NodeRecord, Placement, Round, order_nodes
 from elaunch.rendezvous.store import Store
 from elaunch.rendezvous.watcher import STORE_LOST, Beat, ControlConnection, MembershipState, Watcher, release_slot
+from elaunch.tails import clip_text
 from elaunch.values import replace
+
+REMOTE_FAILURES = 16
+"""At most this many failure texts published by other nodes are read (each clipped)."""
 
 
 def default_node_id(local_addr: str | None = None) -> str:
@@ -276,7 +281,12 @@ class DynamicRendezvous:
             if not ctl.check([self._k.failures]):
                 return []
             raw = ctl.get(self._k.failures)
-        return [json.loads(line) for line in raw.decode(errors="replace").splitlines() if line]
+        found = [str(json.loads(line)) for line in raw.decode(errors="replace").splitlines() if line]
+        # Bounded whoever wrote them (an older node may not clip its text): failures.SUMMARY_CHARS each.
+        kept = [clip_text(text, SUMMARY_CHARS) for text in found[:REMOTE_FAILURES]]
+        if len(found) > REMOTE_FAILURES:
+            kept.append(f"... and {len(found) - REMOTE_FAILURES} more failure(s) reported by other nodes")
+        return kept
 
     def shutdown(self) -> None:
         """Stop the watcher and release the connections; idempotent.

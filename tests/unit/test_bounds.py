@@ -52,3 +52,18 @@ def test_failure_summary_for_the_store_is_bounded() -> None:
     )  # fmt: skip
     out = failure_summary(f)
     assert out.startswith("h: rank 0") and len(out) < SUMMARY_CHARS + 60
+
+
+def test_failures_read_from_the_store_are_bounded_whoever_wrote_them() -> None:
+    from elaunch.rendezvous.dynamic import REMOTE_FAILURES, DynamicRendezvous
+    from elaunch.rendezvous.store import MemoryStore
+
+    rdzv = DynamicRendezvous(MemoryStore(), "job", 2, 2, node_id="n0")
+    try:
+        for i in range(REMOTE_FAILURES + 3):
+            rdzv.publish_failure(f"host{i}: " + "T" * (4 * SUMMARY_CHARS))
+        got = rdzv.failures()
+        assert len(got) == REMOTE_FAILURES + 1 and got[-1].startswith("... and 3 more")
+        assert all(len(x) < SUMMARY_CHARS + 60 for x in got) and got[0].startswith("host0: ")
+    finally:
+        rdzv.shutdown()

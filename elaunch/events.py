@@ -8,6 +8,7 @@ line, so that a million lines cost a few thousand events.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -209,6 +210,7 @@ class Bus:
 
     def __init__(self, sinks: Iterable[Sink] = ()) -> None:
         self._sinks: list[Sink] = list(sinks)
+        self._posted: deque[Event] = deque()
 
     def subscribe(self, sink: Sink) -> None:
         self._sinks.append(sink)
@@ -217,7 +219,14 @@ class Bus:
         for sink in self._sinks:
             sink.handle(event)
 
+    def post(self, event: Event) -> None:
+        """From another thread: `event` is published by the agent's thread at its next `flush`
+        (wake the agent to make that soon). deque.append is atomic: no lock."""
+        self._posted.append(event)
+
     def flush(self) -> None:
+        while self._posted:
+            self.publish(self._posted.popleft())
         for sink in self._sinks:
             sink.flush()
 

@@ -18,12 +18,13 @@ from elaunch.config import LaunchConfig
 from elaunch.errors import ElaunchError
 from elaunch.events import Bus, Message, RunFinished, Sink
 from elaunch.options import build_config
+from elaunch.outputs import STOP_SIGNAL, Outputs
 from elaunch.policy import SignalPolicy
 from elaunch.reaper import Reaper
 from elaunch.rendezvous import create_rendezvous
 from elaunch.rundir import RunDir
 from elaunch.runview import RunTracker
-from elaunch.signals import SignalTrap
+from elaunch.signals import Interrupted, SignalTrap, signal_name
 from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
 from elaunch.terminal import pty_plan, terminal_restored
@@ -63,6 +64,7 @@ def launch(
         stack.callback(bus.close)
         tracker = RunTracker()  # first: every sink reads the view it keeps
         bus.subscribe(tracker)
+        outputs = Outputs(bus.publish, trap.interrupt, files=config.output.files)
         for s in build_sinks(
             config.output,
             host=host,
@@ -73,6 +75,7 @@ def launch(
             terminal=stdout is None,
             env=env,
             views=tracker,
+            outputs=outputs,
         ):
             bus.subscribe(s)
         for s in sinks:
@@ -80,8 +83,19 @@ def launch(
         for text in config.warnings:
             bus.publish(Message(level="warning", text=text))
         output = config.output
+        policy = signal_policy([*config.signals_to_handle, STOP_SIGNAL])
         try:
-            rdzv = create_rendezvous(config.rdzv)
+            try:
+                with trap.interruptible(policy.shutdown):  # a signal ends the wait for the store
+                    rdzv = create_rendezvous(config.rdzv)
+            except Interrupted as intr:
+                result = RunResult(
+                    state=WorkerState.STOPPED,
+                    interrupted_by=intr.signum,
+                    message=f"stopped by {signal_name(intr.signum)} while reaching the rendezvous",
+                )
+                bus.publish(RunFinished(result=result))
+                return result
             stack.callback(rdzv.shutdown)
             try:
                 run_dir = RunDir(output.log_dir, rdzv.run_id, reaper, keep=output.files)
@@ -93,7 +107,7 @@ def launch(
             result = RunResult(state=WorkerState.FAILED, message=e.message)
             bus.publish(RunFinished(result=result))
             return result
-        log_files = build_log_files(output, run_dir, tracker)
+        log_files = build_log_files(output, run_dir, tracker, outputs)
         if log_files is not None:
             if output.log_dir is None:
                 bus.publish(Message(level="info", text=f"-r/-t: worker output files are kept in {run_dir.path}"))
@@ -108,6 +122,13 @@ def launch(
             ptys = pty_plan(sys.stdout, sys.stderr, output.redirects, output.tee, margin)
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval, ptys=ptys)
         stack.callback(procs.close)
+        if hasattr(rdzv, "set_notice"):  # lines from the rendezvous thread, published by the agent's
+
+            def notice(text: str) -> None:
+                bus.post(Message(level="info", text=text))
+                procs.wake()
+
+            rdzv.set_notice(notice)
         agent = Agent(
             config.worker_spec(env),
             rdzv,
@@ -115,7 +136,7 @@ def launch(
             bus,
             host=host,
             error_files=run_dir,
-            signals=signal_policy(config.signals_to_handle),
+            signals=policy,
             node_rank=config.rdzv.node_rank,
         )
         return agent.run()

@@ -124,6 +124,22 @@ class WorkerProgress(Event):
 
 
 @event
+class HangDetected(Event):
+    """A worker showed no progress past its limit (or its torch FileTimer expired): it is a failure
+    of kind `hang`. `stacks` are (global rank, pid, Python stack) of every local worker, taken
+    before anything was killed (py-spy; a line saying how to get them when it is missing)."""
+
+    local_rank: int
+    global_rank: int
+    host: str
+    pid: int
+    silent_s: float
+    reason: str
+    last_line: str | None
+    stacks: tuple[tuple[int, int, str], ...] = ()
+
+
+@event
 class RestartDecided(Event):
     """The agent restarts the group; `membership` restarts do not use up the failure budget."""
 

@@ -26,6 +26,7 @@ from elaunch.runview import RunTracker
 from elaunch.signals import SignalTrap
 from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
+from elaunch.watchdog import TIMER_FILE_ENV, Watchdog
 from elaunch.workers import LocalProcesses
 
 __all__ = ["build_config", "launch", "print_plan"]
@@ -99,6 +100,15 @@ def launch(
             bus.subscribe(log_files)
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
         stack.callback(procs.close)
+        watch = Watchdog(
+            config.supervision,
+            add_reader=procs.add_reader,
+            wake=procs.wake,
+            fifo_dir=run_dir.path,
+            timer_file=env.get(TIMER_FILE_ENV),
+        )
+        stack.callback(watch.close)
+        bus.subscribe(watch)
         agent = Agent(
             config.worker_spec(env),
             rdzv,
@@ -108,6 +118,8 @@ def launch(
             error_files=run_dir,
             signals=signal_policy(config.signals_to_handle),
             node_rank=config.rdzv.node_rank,
+            supervision=config.supervision,
+            watch=watch,
         )
         return agent.run()
     raise AssertionError("unreachable")  # pragma: no cover (ExitStack does not swallow exceptions)

@@ -75,6 +75,10 @@ def failure_record(f: WorkerFailure | None) -> dict[str, Any] | None:
         "traceback": f.traceback,
         "last_lines": list(f.last_lines),
         "stopped_by_agent": f.stopped_by_agent,
+        "kind": f.kind.value,
+        "exception": f.exception,
+        "restartable": f.restartable,
+        "note": f.note,
     }
 
 

@@ -124,6 +124,10 @@ class Agent:
         self._previous: Signature | None = None
         """The root cause's signature of the attempt before, when it failed before any progress."""
         self._oom_base: int | None = None
+        self._decided: float | None = None
+        """When the current failure was decided (monotonic): the `stop` phase runs from there."""
+        self._spawned: float | None = None
+        """When this attempt's workers were all started (monotonic), until its first progress is told."""
         rdzv.set_wakeup(procs.wake)
 
     # -- public ---------------------------------------------------------------------------
@@ -178,6 +182,9 @@ class Agent:
             woke = self._procs.wait(self._watch.timeout(running) if self._watch is not None else None)
             self._record_exits(woke.exits)
             self._handle_signals(woke.signals)
+            if self._spawned is not None and self._watch is not None and self._watch.first_progress is not None:
+                self._downtime("first_progress", max(0.0, self._watch.first_progress - self._spawned))
+                self._spawned = None
             if self._watch is not None and not self._shutdown_signals:
                 hangs = self._watch.check(self._procs.running())
                 if hangs:
@@ -211,6 +218,9 @@ class Agent:
             self._exit_barrier()
             return self._result(WorkerState.SUCCEEDED)
         if d.action in (Action.RESTART, Action.FAIL):
+            self._decided = self._clock()
+            if d.cause is not None:
+                self._downtime("detect", max(0.0, time.time() - d.cause.timestamp))
             self._set_group_state(WorkerState.FAILED)
             reason = cause_text(d.cause) if d.cause else "workers unhealthy"
             refused = self._refusal(d.cause, retrying=d.action == Action.RESTART)
@@ -288,12 +298,16 @@ class Agent:
                 duration=self._clock() - t0,
             )
         )
+        self._downtime("rendezvous", self._clock() - t0)
         self._start_workers(plans)
 
     def _start_workers(self, plans: list[WorkerPlan]) -> None:
         self._stopping = False
         self._oom_base = cgroup_oom_kills()
+        t0 = self._clock()
         pids = self._procs.start(plans)
+        self._spawned = self._clock()
+        self._downtime("spawn", self._spawned - t0)
         if self._watch is not None:
             self._watch.started(pids)
         for w, plan in zip(self._group.workers, plans, strict=True):
@@ -345,8 +359,8 @@ class Agent:
         """Hung workers are failures (kind `hang`): the report, with every local worker's Python
         stack taken before anything is killed, then FAILED so that `decide` restarts or gives up."""
         running = {w.local_rank: w for w in self._group.workers if w.state.running and w.id is not None}
+        now = time.time()  # the failure's time: the `detect` phase includes taking the stacks
         stacks = python_stacks({lr: w.id for lr, w in running.items() if w.id is not None})
-        now = time.time()
         for h in hangs:
             w = running.get(h.local_rank)
             if w is None:
@@ -413,6 +427,9 @@ class Agent:
         self._record_exits(self._procs.release())
         if self._group.state.running:
             self._set_group_state(WorkerState.STOPPED)
+        if self._decided is not None:
+            self._downtime("stop", self._clock() - self._decided)
+            self._decided = None
 
     def _handle_signals(self, sigs: list[int]) -> bool:
         """Forward or act on caught signals; True when a repeated shutdown signal asks to kill now."""
@@ -562,6 +579,9 @@ class Agent:
         except RendezvousError as e:
             return f"could not close the job for the other nodes: {e.message}"
         return None
+
+    def _downtime(self, phase: str, seconds: float) -> None:
+        self._bus.publish(ev.Downtime(attempt=self._attempt, phase=phase, seconds=seconds))
 
     def _message(self, level: str, text: str) -> None:
         self._bus.publish(ev.Message(level=level, text=text))

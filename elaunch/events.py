@@ -140,6 +140,18 @@ class HangDetected(Event):
 
 
 @event
+class Downtime(Event):
+    """One part of the time a failure cost (issue #11), in seconds, for `attempt` (rendezvous rounds
+    on this node, from 0). `phase`: `detect` (the failure, or a hang's detection, to the decision),
+    `stop` (the decision to every worker gone), `rendezvous`, `spawn` (to every worker started),
+    `first_progress` (every worker started to the first progress of any)."""
+
+    attempt: int
+    phase: str
+    seconds: float
+
+
+@event
 class RestartDecided(Event):
     """The agent restarts the group; `membership` restarts do not use up the failure budget."""
 

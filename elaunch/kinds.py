@@ -40,8 +40,6 @@ class Kind(str, enum.Enum):
     """No progress for `--hang-timeout` (or `--startup-timeout`), or an expired torch FileTimer."""
     STOPPED = "stopped"
     """Stopped by elaunch (a restart, a shutdown, another rank's failure): never a root cause."""
-    NODE_LOST = "node_lost"
-    """A node of the job went away (its agent died or left)."""
 
 
 TIER: dict[Kind, int] = {
@@ -55,7 +53,6 @@ TIER: dict[Kind, int] = {
     Kind.HANG: 1,
     Kind.LOST_PEER: 2,
     Kind.STOPPED: 3,
-    Kind.NODE_LOST: 4,
 }
 """Root-cause precedence: the lowest tier wins, then the earliest, then the lowest rank. A hang
 comes before a lost peer: killing a hung rank makes its peers lose their connections."""

@@ -124,17 +124,12 @@ class Watchdog:
 
     # -- per attempt ----------------------------------------------------------------------------
     def prepare(self, plans: list[WorkerPlan]) -> list[WorkerPlan]:
-        """Each worker's plan with `ELAUNCH_HEARTBEAT_FILE` (next to its error file) and, when the
-        FileTimer pipe is served, `TORCHELASTIC_TIMER_FILE`."""
-        out = []
-        self._heartbeats = {}
-        for p in plans:
-            extra = {HEARTBEAT_ENV: os.path.join(os.path.dirname(p.error_file) or ".", "heartbeat")}
-            if self._fifo is not None:
-                extra[TIMER_FILE_ENV] = self._fifo
-            self._heartbeats[p.local_rank] = (extra[HEARTBEAT_ENV], None)
-            out.append(replace(p, env={**p.env, **extra}))
-        return out
+        """Notes each worker's `ELAUNCH_HEARTBEAT_FILE` (ranks.worker_env puts it next to its error
+        file); when the FileTimer pipe is served, the plans with `TORCHELASTIC_TIMER_FILE` added."""
+        self._heartbeats = {p.local_rank: (p.env[HEARTBEAT_ENV], None) for p in plans if HEARTBEAT_ENV in p.env}
+        if self._fifo is None:
+            return plans
+        return [replace(p, env={**p.env, TIMER_FILE_ENV: self._fifo}) for p in plans]
 
     def started(self, pids: Mapping[int, int]) -> None:
         """A new attempt's workers run (local rank -> pid): a fresh clock, no timers."""

@@ -58,6 +58,12 @@ def test_hung_worker_is_reported_with_every_stack_and_the_group_restarted(tmp_pa
     assert starts(err) == 2
     doc = json.loads(summary.read_text())
     assert doc["state"] == "SUCCEEDED" and doc["restarts"] == 1
+    # Where the downtime went: the hung attempt's detection and stop, the next one's start.
+    first, second = doc["attempts"]
+    assert first["attempt"] == 0 and second["attempt"] == 1
+    for key in ("rendezvous_s", "spawn_s", "first_progress_s", "detect_s", "stop_s"):
+        assert isinstance(first[key], float) and first[key] >= 0, (key, first)
+    assert isinstance(second["spawn_s"], float) and second["detect_s"] is None and second["stop_s"] is None
 
 
 @pytest.mark.timeout(90)

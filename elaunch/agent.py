@@ -170,6 +170,9 @@ class Agent:
             remote, causes = self._remote_failures(result)
             if causes:
                 result = replace(result, remote_causes=causes)
+            cause = result.root_cause
+            if cause is not None and not cause.restartable and result.interrupted_by is None:
+                result = replace(result, no_requeue_code=self._sup.no_requeue_code)  # the same code on every node
         self._bus.publish(ev.RunFinished(result=result, remote_failures=remote))
         self._bus.flush()
         return result

@@ -100,13 +100,18 @@ def launch(
             bus.subscribe(log_files)
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
         stack.callback(procs.close)
-        watch = Watchdog(
-            config.supervision,
-            add_reader=procs.add_reader,
-            wake=procs.wake,
-            fifo_dir=run_dir.path,
-            timer_file=env.get(TIMER_FILE_ENV),
-        )
+        try:
+            watch = Watchdog(
+                config.supervision,
+                add_reader=procs.add_reader,
+                wake=procs.wake,
+                fifo_dir=run_dir.path,
+                timer_file=env.get(TIMER_FILE_ENV),
+            )
+        except ElaunchError as e:
+            result = RunResult(state=WorkerState.FAILED, message=e.message)
+            bus.publish(RunFinished(result=result))
+            return result
         stack.callback(watch.close)
         bus.subscribe(watch)
         agent = Agent(

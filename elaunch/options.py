@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from typing import Any, cast
@@ -245,6 +246,12 @@ def _supervision(opts: Mapping[str, Any], env: Mapping[str, str], progress: str 
     code = cfg.parse_count(opts.get("no_requeue_exit_code"), "--no-requeue-exit-code", default=93, high=255)
     if code == 0:
         raise ConfigError("--no-requeue-exit-code: 0 means success; choose 1 to 255")
+    file_timer = env.get("TORCHELASTIC_ENABLE_FILE_TIMER", "") == "1"
+    timer_file = env.get("TORCHELASTIC_TIMER_FILE")
+    if file_timer and timer_file and os.path.exists(timer_file) and not stat.S_ISFIFO(os.stat(timer_file).st_mode):
+        raise ConfigError(
+            f"TORCHELASTIC_TIMER_FILE={timer_file}: exists and is not a named pipe (elaunch makes the pipe)"
+        )
     return Supervision(
         hang_timeout=hang,
         startup_timeout=startup,
@@ -252,7 +259,7 @@ def _supervision(opts: Mapping[str, Any], env: Mapping[str, str], progress: str 
         no_requeue_code=code if code is not None else 93,
         restart_backoff=base,
         restart_backoff_max=cap,
-        file_timer=env.get("TORCHELASTIC_ENABLE_FILE_TIMER", "") == "1",
+        file_timer=file_timer,
     )
 
 

@@ -14,11 +14,13 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 
 from elaunch import events as ev
+from elaunch.errors import ElaunchError
 from elaunch.hangs import Overdue, ProgressClock, Supervision, timer_request
 from elaunch.spec import WorkerPlan
 from elaunch.values import Value, replace, value
@@ -76,11 +78,17 @@ class Watchdog:
 
     # -- the FileTimer pipe -------------------------------------------------------------------
     def _serve_timer_pipe(self, add_reader: Callable[[int, Callable[[], None]], None], path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.mkfifo(path, 0o600)
-        rd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        wr = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # held open: no EOF when the last client closes
+        """Make the FIFO (a stale one at `path` is replaced; any other file there is an error)."""
+        try:
+            if os.path.exists(path) and stat.S_ISFIFO(os.stat(path).st_mode):
+                os.unlink(path)
+            os.mkfifo(path, 0o600)
+            rd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            wr = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # held open: no EOF when the last client closes
+        except OSError as e:
+            raise ElaunchError(
+                f"TORCHELASTIC_TIMER_FILE {path}: cannot make the FileTimer pipe: {e.strerror or e}"
+            ) from None
         self._fifo, self._fifo_fds = path, [rd, wr]
         add_reader(rd, self._read_timer_pipe)
 

@@ -158,6 +158,14 @@ def test_expired_torch_file_timer_is_a_hang_and_the_agent_survives(tmp_path: Pat
     assert json.loads(summary.read_text())["root_cause"]["kind"] == "hang"
 
 
+def test_a_timer_file_that_is_not_a_pipe_is_one_clear_line(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "ok.py", "print('never runs')\n")
+    taken = write_script(tmp_path, "taken.txt", "mine\n")
+    r = run_elaunch([str(script)], env={"TORCHELASTIC_ENABLE_FILE_TIMER": "1", "TORCHELASTIC_TIMER_FILE": str(taken)})
+    assert r.returncode == 2 and "exists and is not a named pipe" in r.stderr and "Traceback" not in r.stderr
+    assert taken.read_text() == "mine\n" and "never runs" not in r.stdout
+
+
 # -- no pointless restarts ------------------------------------------------------------------------
 
 

@@ -549,7 +549,13 @@ class Agent:
             causes = tuple(f for _, f in decoded if f is not None)
             mine = result.root_cause
             best = root_cause([*result.failures.values(), *causes])
-            settled = mine is None or mine.kind != Kind.LOST_PEER or (best is not None and best.kind != Kind.LOST_PEER)
+            alone = (self._group.group_world_size or 1) <= 1  # no other node to hear from
+            settled = (
+                alone
+                or mine is None
+                or mine.kind != Kind.LOST_PEER
+                or (best is not None and best.kind != Kind.LOST_PEER)
+            )
             if settled or result.interrupted_by is not None or self._clock() >= deadline:
                 return texts, causes
             woke = self._procs.wait(0.2)

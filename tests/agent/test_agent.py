@@ -395,3 +395,15 @@ def test_a_startup_error_is_not_restarted(tmp_path: Path) -> None:
     assert len(procs.generations) == 1 and result.exit_code == 42
     cause = result.root_cause
     assert cause is not None and (cause.kind, cause.exception) == (Kind.STARTUP, "ModuleNotFoundError")
+
+
+def test_a_lost_peer_on_a_single_node_does_not_wait_for_other_nodes(tmp_path: Path) -> None:
+    tb = 'Traceback (most recent call last):\n  File "t.py", line 1\nRuntimeError: Connection closed by peer [::1]:5'
+
+    def fail(f: FakeProcesses) -> Wakeup:
+        return Wakeup(exits=[replace(f.exit(0, code=1), why=Explanation(traceback=tb))])
+
+    procs = FakeProcesses([fail])  # a wait between generations would fail the test (nobody wakes it)
+    agent, _ = make_agent(procs, tmp_path)
+    cause = agent.run().root_cause
+    assert cause is not None and cause.kind == Kind.LOST_PEER and cause.exception == "RuntimeError"

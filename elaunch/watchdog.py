@@ -169,10 +169,10 @@ class Watchdog:
 
     def check(self, running: list[int]) -> list[Hang]:
         """The `running` workers that are hung now (none when the watch is off)."""
-        if self._clock is None:
-            return []
-        self._read_heartbeats()
         s = self.settings
+        if self._clock is None or (s.startup_limit is None and not self._timers):
+            return []  # nothing watched: no stat of the heartbeat files on every wake-up
+        self._read_heartbeats()
         now, wall = self._now(), time.time()
         hangs: dict[int, Hang] = {}
         for (_pid, scope), (lr, expires) in sorted(self._timers.items(), key=lambda kv: kv[1][1]):

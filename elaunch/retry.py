@@ -12,6 +12,9 @@ from elaunch.kinds import Kind
 from elaunch.spec import WorkerFailure
 
 Signature = tuple[object, ...]
+CONSEQUENCES = frozenset({Kind.LOST_PEER, Kind.HANG, Kind.STOPPED})
+"""Kinds whose repetition says nothing about their cause (a peer that died for its own reasons,
+a hang on a network that may come back): never refused for being the same twice."""
 
 
 def signature(f: WorkerFailure) -> Signature:
@@ -48,6 +51,8 @@ def refusal(
         return f"rank {cause.global_rank} exited with code {no_requeue_code} (do not restart); not restarting"
     if cause.kind == Kind.STARTUP:
         return f"{what(cause)} at start-up on rank {cause.global_rank}: a restart cannot fix it; not restarting"
+    if cause.kind in CONSEQUENCES:
+        return None
     if not progressed and previous is not None and previous == signature(cause):
         return f"the same {what(cause)} before any progress on attempts {attempt - 1} and {attempt}; not restarting"
     return None

@@ -109,6 +109,12 @@ def test_refusal_rules() -> None:
     assert refusal(again, 2, None, False, 93) is None  # the attempt before made progress
     other = failure(0, 9.0, exception="ValueError", traceback=tb("ValueError: lr=-2"))
     assert refusal(other, 2, signature(bad), False, 93) is None
+    echo = failure(
+        0, 9.0, Kind.LOST_PEER, exception="RuntimeError", traceback=tb("RuntimeError: Connection closed by peer")
+    )
+    assert refusal(echo, 2, signature(echo), False, 93) is None  # another node's failure, echoed
+    hang = failure(0, 9.0, Kind.HANG, exitcode=None)
+    assert refusal(hang, 2, signature(hang), False, 93) is None
     crash = failure(0, 1.0, Kind.SIGNAL, exitcode=None, signal=11)
     assert refusal(crash, 2, signature(crash), False, 93) == (
         "the same SIGSEGV before any progress on attempts 1 and 2; not restarting"

@@ -1,5 +1,13 @@
 # elaunch: `make demo` runs a real DDP training under elaunch; `make test` runs the test suite.
-PY ?= python3
+# Everything is installed into a project virtual environment, $(VENV), made on first use with the
+# system's python3 (so a distribution's externally managed Python, PEP 668, is never touched; it sees
+# that Python's packages, e.g. a torch already installed). Activate it to type `elaunch`:
+#   . .venv/bin/activate
+# `make PY=python3 ...` installs into that Python instead.
+VENV ?= .venv
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+SYSTEM_PY ?= python3
+PY ?= $(VENV)/bin/python
 PIP ?= $(PY) -m pip
 # The CPU build of torch (on this project's machines it is on disk; elsewhere pick your build).
 TORCH ?= torch==2.13.0
@@ -10,8 +18,14 @@ NPROC ?= 2
 # SLURM examples: make slurm-one / slurm-multi / slurm-elastic (submit with sbatch).
 include scripts/slurm/slurm.mk
 
-install:
-	$(PIP) install -q $(TORCH)
+# The venv, only when PY is the venv's python.
+$(VENV)/bin/python:
+	$(SYSTEM_PY) -m venv --system-site-packages $(VENV)
+	@echo "elaunch: installing into $(VENV) (activate it with: . $(VENV)/bin/activate)"
+
+# numpy: torch warns "Failed to initialize NumPy" in every worker without it.
+install: $(filter $(VENV)/bin/python,$(PY))
+	$(PIP) install -q $(TORCH) numpy
 	$(PIP) install -q -e .
 
 install-dev: install
@@ -31,13 +45,13 @@ test-fast: install-dev
 	$(PY) -m pytest -q -m "not torch and not netns and not slurm and not etcd"
 
 lint:
-	ruff check elaunch tests scripts examples
-	ruff format --check elaunch tests scripts examples
-	mypy elaunch
+	$(PY) -m ruff check elaunch tests scripts examples
+	$(PY) -m ruff format --check elaunch tests scripts examples
+	$(PY) -m mypy elaunch
 
 format:
-	ruff check --fix elaunch tests scripts examples
-	ruff format elaunch tests scripts examples
+	$(PY) -m ruff check --fix elaunch tests scripts examples
+	$(PY) -m ruff format elaunch tests scripts examples
 
 bench: install-dev
 	$(PY) scripts/bench_launch.py
@@ -45,6 +59,7 @@ bench: install-dev
 	$(PY) scripts/bench_rendezvous.py
 	$(PY) scripts/bench_recovery.py
 	$(PY) scripts/bench_hangs.py
+	$(PY) scripts/bench_api.py
 
 bench-quick: install-dev
 	$(PY) scripts/bench_launch.py --quick
@@ -52,6 +67,7 @@ bench-quick: install-dev
 	$(PY) scripts/bench_rendezvous.py --quick
 	$(PY) scripts/bench_recovery.py --quick
 	$(PY) scripts/bench_hangs.py --quick
+	$(PY) scripts/bench_api.py --quick
 
 clean:
-	rm -rf build dist *.egg-info bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build dist *.egg-info bench-results .pytest_cache .mypy_cache .ruff_cache $(VENV)

@@ -32,6 +32,7 @@ from elaunch.kinds import Kind, classify
 from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, stopped_by_agent, worker_exit_state
 from elaunch.ranks import worker_plans
 from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous
+from elaunch.rendezvous.rounds import node_label
 from elaunch.retry import Signature, backoff_delay, refusal, signature
 from elaunch.signals import signal_name
 from elaunch.spec import RunResult, Worker, WorkerFailure, WorkerGroup, WorkerPlan, WorkerSpec, WorkerState, root_cause
@@ -156,7 +157,7 @@ class Agent:
             result = self._invoke_run()
         except _Interrupted as intr:
             self._stop_workers(intr.sig)
-            note = self._leave(f"{self._host} was stopped by {signal_name(intr.sig)}")
+            note = self._leave(f"{self._node_name} was stopped by {signal_name(intr.sig)}")
             result = self._result(WorkerState.STOPPED, interrupted_by=intr.sig, message=note)
         except RendezvousClosedError as e:
             self._stop_workers(signal.SIGTERM)
@@ -273,7 +274,7 @@ class Agent:
         plans = worker_plans(
             self.spec,
             info,
-            restart_count=self.restart_count,
+            restart_count=info.round,
             error_file=lambda lr: self._error_files.error_file(attempt, lr),
         )
         if self._watch is not None:
@@ -571,12 +572,20 @@ class Agent:
         except RendezvousError:
             pass
 
+    @property
+    def _node_name(self) -> str:
+        """This node in reports: `host (group rank R)` once it had a rank in a round of several."""
+        g = self._group
+        if g.group_rank is None or not g.group_world_size or g.group_world_size < 2:
+            return self._host
+        return node_label(self._host, g.group_rank)
+
     def _leave(self, reason: str) -> str | None:
         """Leave the job (an elastic one goes on without this node) or close it; says which, or why
         the other nodes could not be told."""
         try:
             if self._rdzv.leave(reason):
-                return f"{self._host} left the job; the other nodes go on without it"
+                return f"{self._node_name} left the job; the other nodes go on without it"
         except RendezvousError as e:
             return f"could not tell the other nodes: {e.message}"
         return None

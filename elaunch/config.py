@@ -6,13 +6,16 @@ import math
 import re
 import signal
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from elaunch.errors import ConfigError
 from elaunch.hangs import DEFAULT_BACKOFF_MAX, Supervision
 from elaunch.rendezvous.api import Endpoint, EtcdOptions, RendezvousConfig, RendezvousSettings
 from elaunch.spec import WorkerSpec
 from elaunch.values import Value, field, fields, value
+
+if TYPE_CHECKING:
+    from elaunch.numa import CpuBinding
 
 RDZV_BACKENDS: tuple[str, ...] = ("static", "c10d", "etcd", "etcd-v2")
 ETCD_BACKENDS: tuple[str, ...] = ("etcd", "etcd-v2")
@@ -119,6 +122,8 @@ class LaunchConfig(Value):
     supervision: Supervision = field(default_factory=Supervision)
     """Hang detection and restart rules (--hang-timeout, --startup-timeout, --restart-backoff,
     --no-requeue-exit-code; the FileTimer pipe when TORCHELASTIC_ENABLE_FILE_TIMER=1)."""
+    cpu_binding: tuple[CpuBinding, ...] = ()
+    """`--numa-binding`: each local worker's CPUs, in local-rank order (empty: not bound)."""
     warnings: tuple[str, ...] = ()
     """Options given but without effect here (torchrun ignores them too); shown at start."""
     dry_run: bool = False
@@ -141,7 +146,13 @@ class LaunchConfig(Value):
         return self.rdzv.single_node
 
     def worker_spec(self, env: Mapping[str, str]) -> WorkerSpec:
-        """What this node runs, with `env` (the agent's environment) as every worker's base."""
+        """What this node runs, with `env` (the agent's environment) as every worker's base.
+
+        As torchrun's launcher (torch/distributed/launcher/api.py sets it in its own environment,
+        which the workers inherit), the base carries `TORCHELASTIC_SIGNALS_TO_HANDLE`: the signals
+        the agent handles, by name.
+        """
+        handled = ",".join(signal.Signals(s).name for s in self.signals_to_handle)
         return WorkerSpec(
             role=self.role,
             local_world_size=self.nproc_per_node,
@@ -152,7 +163,8 @@ class LaunchConfig(Value):
             shutdown_timeout=self.shutdown_timeout,
             exit_barrier_timeout=self.exit_barrier_timeout,
             virtual_local_rank=self.virtual_local_rank,
-            env=dict(env),
+            env={**env, "TORCHELASTIC_SIGNALS_TO_HANDLE": handled},
+            cpu_binding=self.cpu_binding,
         )
 
 

@@ -34,8 +34,10 @@ def count_cuda(env: Mapping[str, str]) -> int | None:
 
 def count_xpu() -> int | None:
     """Intel XPUs can only be counted through torch: import it only for this rare request."""
+    from elaunch.torchimport import import_quietly
+
     try:
-        import torch
+        torch = import_quietly("torch")
     except ImportError:
         return 0
     xpu = getattr(torch, "xpu", None)

@@ -13,7 +13,7 @@ import shutil
 import stat
 import sys
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from elaunch import config as cfg
 from elaunch.config import LaunchConfig, OutputConfig
@@ -21,6 +21,9 @@ from elaunch.devices import device_counts
 from elaunch.errors import ConfigError, NotSupportedError
 from elaunch.hangs import Supervision
 from elaunch.rendezvous.api import BackendName, Endpoint, RendezvousConfig
+
+if TYPE_CHECKING:
+    from elaunch.numa import CpuBinding, Topology
 
 RUN_PATH_CODE = (
     "import runpy, sys; sys.argv = sys.argv[1:]; "
@@ -263,11 +266,14 @@ def _supervision(opts: Mapping[str, Any], env: Mapping[str, str], progress: str 
     )
 
 
-def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str]) -> LaunchConfig:
+def build_config(
+    opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str], *, topology: Topology | None = None
+) -> LaunchConfig:
     """Validate every option (with SLURM's defaults filled in inside an `srun` step).
 
     `opts` maps the click parameter names to raw values, `sources` each name to "option",
-    "environment" or "default". Raises ConfigError (exit 2) for any usage error; starts nothing.
+    "environment" or "default". `topology` replaces this machine's for --numa-binding (tests,
+    recorded machines). Raises ConfigError (exit 2) for any usage error; starts nothing.
     """
     opts, sources = dict(opts), dict(sources)
     if "SLURM_JOB_ID" in env:
@@ -289,10 +295,17 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
     output = _output(opts, env, warnings)
     if str(opts.get("start_method") or "spawn") not in START_METHODS:
         raise ConfigError(f"--start-method must be one of {', '.join(START_METHODS)}, got {opts['start_method']!r}")
-    if opts.get("logs_specs"):
-        raise NotSupportedError("--logs-specs (torchrun plugin entry points) is not supported; use --log-dir")
+    # torch's one built-in logs spec, "default" (DefaultLogsSpecs), is what elaunch does anyway.
+    if opts.get("logs_specs") and opts["logs_specs"] != "default":
+        raise NotSupportedError(
+            f"--logs-specs {opts['logs_specs']}: torchrun plugin entry points are not supported "
+            f"(only 'default'); use --log-dir"
+        )
+    cpu_binding: tuple[CpuBinding, ...] = ()
     if opts["numa_binding"]:
-        raise NotSupportedError("--numa-binding is not supported yet")
+        from elaunch.numa import bind_workers
+
+        cpu_binding = bind_workers(str(opts["numa_binding"]).strip(), nproc, env, topology)
     if str(opts.get("event_log_handler") or "null") != "null":
         raise NotSupportedError(
             f"--event-log-handler {opts['event_log_handler']}: torch's event handlers are not supported; "
@@ -317,6 +330,7 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         virtual_local_rank=bool(opts["virtual_local_rank"]),
         progress_pattern=progress,
         supervision=_supervision(opts, env, progress),
+        cpu_binding=cpu_binding,
         warnings=tuple(warnings),
         dry_run=bool(opts["dry_run"]),
         sources=sources,

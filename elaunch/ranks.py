@@ -50,7 +50,14 @@ def worker_env(
     python: bool,
     virtual_local_rank: bool = False,
 ) -> dict[str, str]:
-    """The environment torchrun gives a worker (contract 2), on top of `base`."""
+    """The environment torchrun gives a worker (contract 2), on top of `base`.
+
+    `restart_count` (`TORCHELASTIC_RESTART_COUNT`) is the job-wide number of restarts of the worker
+    group before this round: the rendezvous round's number, equal on every node of a round and
+    counting restarts after failures and after membership changes alike. torchrun's counts only this
+    agent's own failures (`max_restarts - remaining_restarts`), so after one node's worker fails it
+    differs between nodes and a script that resumes "if restarted" resumes on some ranks only.
+    """
     env = dict(base)
     env.update(
         {
@@ -122,6 +129,7 @@ def worker_plans(
                     virtual_local_rank=spec.virtual_local_rank,
                 ),
                 error_file=path,
+                binding=spec.cpu_binding[r.local_rank] if spec.cpu_binding else None,
             )
         )
     return out

@@ -176,7 +176,7 @@ class LocalProcesses:
                     if why is not None:
                         raise OSError(why)
                 popen = subprocess.Popen(
-                    [*(self._setpriv or ()), *plan.argv],
+                    [*(self._setpriv or ()), *(plan.binding.prefix if plan.binding else ()), *plan.argv],
                     env=dict(plan.env),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,

@@ -83,14 +83,21 @@ def lost_line(rank: int, host: str, node_id: str) -> str:
     return json.dumps({"rank": rank, "host": host, "id": node_id}) + "\n"
 
 
-def lost_hosts(raw_lost: bytes) -> tuple[str, ...]:
-    """Hosts named by `R/lost`, first report first, each once (what `Membership.lost` shows)."""
-    hosts: list[str] = []
+def node_label(host: str, group_rank: int) -> str:
+    """How a node is named in reports: `host (group rank R)`, so nodes on hosts of the same name
+    (containers, fake hosts, several agents on one machine) are told apart."""
+    return f"{host} (group rank {group_rank})"
+
+
+def lost_nodes(raw_lost: bytes) -> tuple[str, ...]:
+    """Nodes named by `R/lost` as `node_label`s, first report first, each node once (what
+    `Membership.lost` shows)."""
+    seen: dict[str, str] = {}
     for line in raw_lost.decode().splitlines():
-        host = json.loads(line)["host"] if line else None
-        if host and host not in hosts:
-            hosts.append(host)
-    return tuple(hosts)
+        if line:
+            row = json.loads(line)
+            seen.setdefault(row["id"], node_label(row["host"], row["rank"]))
+    return tuple(seen.values())
 
 
 def lost_ids(raw_lost: bytes) -> set[str]:
@@ -374,11 +381,12 @@ __all__ = [
     "last_call_after_count",
     "last_call_needed",
     "live_records",
-    "lost_hosts",
     "lost_ids",
     "lost_line",
+    "lost_nodes",
     "marks_arrival",
     "no_room_reason",
+    "node_label",
     "order_nodes",
     "overdue",
     "placement",

@@ -8,10 +8,8 @@ timeout. Connection failures and timeouts surface as `StoreError` naming the sto
 from __future__ import annotations
 
 import ipaddress
-import os
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from elaunch.errors import StoreError
 from elaunch.rendezvous.retry import Retry, retry_until
+from elaunch.torchimport import import_quietly
 
 Value = str | bytes
 
@@ -227,7 +226,7 @@ class _MemoryData:
 
 
 def _import_torch_distributed() -> Any:
-    """Import torch.distributed on first use, with torch's C++ socket warnings silenced.
+    """Import torch.distributed on first use, quietly (`elaunch.torchimport`).
 
     A timed-out `wait` is normal for us (bounded waits), but c10d logs each one to stderr.
     The level is read once, when torch loads, so the variable is set only around the import
@@ -236,22 +235,15 @@ def _import_torch_distributed() -> Any:
     global _DIST
     if _DIST is not None:
         return _DIST
-    with _DIST_LOCK:  # threads connecting at once must not see a half-imported module
+    with _DIST_LOCK:
         if _DIST is not None:
             return _DIST
-        key = "TORCH_CPP_LOG_LEVEL"
-        ours = key not in os.environ and "torch" not in sys.modules
-        if ours:
-            os.environ[key] = "FATAL"
         try:
-            import torch.distributed as dist
+            dist = import_quietly("torch.distributed")
         except ImportError as e:  # pragma: no cover - torch is an optional dependency
             raise StoreError(
                 "the c10d rendezvous needs PyTorch (pip install torch); only single-node runs work without it"
             ) from e
-        finally:
-            if ours:
-                os.environ.pop(key, None)
         _DIST = dist
         return dist
 

@@ -264,7 +264,7 @@ class Watcher:
                 w.advance(rv)
         lost = self._state.lost
         if ctl.check([rk.lost]):
-            lost = rounds.lost_hosts(ctl.get(rk.lost))
+            lost = rounds.lost_nodes(ctl.get(rk.lost))
         waiting = ctl.add(k.round(rv.number + 1).joined, 0)
         return self._state.update(rv, lost, waiting), False
 

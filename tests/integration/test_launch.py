@@ -34,6 +34,7 @@ ENV_KEYS = [
     "TORCHELASTIC_RUN_ID",
     "TORCHELASTIC_USE_AGENT_STORE",
     "TORCHELASTIC_ERROR_FILE",
+    "TORCHELASTIC_SIGNALS_TO_HANDLE",
     "TORCH_NCCL_ASYNC_ERROR_HANDLING",
     "OMP_NUM_THREADS",
     "PYTHONUNBUFFERED",
@@ -74,6 +75,7 @@ def test_worker_environment_standalone(tmp_path: Path) -> None:
         assert e["TORCHELASTIC_USE_AGENT_STORE"] == "False"
         assert str(e["TORCHELASTIC_ERROR_FILE"]).endswith(f"attempt_0/{rank}/error.json")
         assert e["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+        assert e["TORCHELASTIC_SIGNALS_TO_HANDLE"] == "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
         assert e["OMP_NUM_THREADS"] == "1"
         assert e["PYTHONUNBUFFERED"] == "1"
         assert e["argv"] == [f"--x={rank}"]

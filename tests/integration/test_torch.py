@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_elaunch, write_script
+from tests.helpers import ELAUNCH, run_elaunch, write_script
 
 pytest.importorskip("torch")
 
@@ -79,3 +83,40 @@ def test_readme_demo_trains(tmp_path: Path) -> None:
     r = run_elaunch(["--standalone", "--nproc-per-node", "2", str(demo), "--epochs", "1"], timeout=110)
     assert r.returncode == 0, r.stderr
     assert "[0] done: final loss" in r.stdout
+
+
+# Every difference between the environment torchrun gives a worker and elaunch's, with its reason
+# (docs/environment.md). Anything else that differs fails the test.
+DUMP_ALL_ENV = """
+import json, os, sys
+with open(sys.argv[1] + "-" + os.environ["RANK"] + ".json", "w") as f:
+    json.dump(dict(os.environ), f)
+"""
+DIFFERENT_VALUES = {
+    "TORCHELASTIC_RUN_ID": "a random id per job, as torchrun's --standalone",
+    "MASTER_PORT": "a free port per job",
+    "MASTER_ADDR": "127.0.0.1 on one node, where the free port was picked (torchrun: localhost)",
+    "TORCHELASTIC_ERROR_FILE": "elaunch's own run directory",
+    "TORCHELASTIC_USE_AGENT_STORE": "False: elaunch's agent hosts no TCPStore at MASTER_PORT",
+    "TORCHELASTIC_SIGNALS_TO_HANDLE": "elaunch also handles SIGUSR1/SIGUSR2 by default (passed on)",
+    "PYTHONUNBUFFERED": "1 so that output arrives line by line through the pipes",
+}
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_worker_environment_is_torchruns(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "dump_all.py", DUMP_ALL_ENV)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the same base for both
+    env["TMPDIR"] = str(tmp_path / "tmp")  # torchrun leaves a torchelastic_* dir in it
+    os.mkdir(env["TMPDIR"])
+    args = ["--standalone", "--nproc-per-node", "2", str(script)]
+    for launcher, out in (([sys.executable, "-m", "torch.distributed.run"], "t"), (ELAUNCH, "e")):
+        p = subprocess.run([*launcher, *args, str(tmp_path / out)], env=env, capture_output=True, timeout=100)
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+    for rank in (0, 1):
+        theirs = json.loads((tmp_path / f"t-{rank}.json").read_text())
+        ours = json.loads((tmp_path / f"e-{rank}.json").read_text())
+        differ = {k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k)}
+        assert differ <= DIFFERENT_VALUES.keys(), {k: (theirs.get(k), ours.get(k)) for k in differ}
+        assert theirs.keys() <= ours.keys()  # nothing torchrun sets is missing

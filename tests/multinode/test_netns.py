@@ -218,7 +218,9 @@ def test_late_node_is_admitted(make_job: Callable[..., Job]) -> None:
     done = job.records("done")
     assert hosts_of(done) == ["host1", "host2", "host3"]
     assert {r["world"] for r in done} == {"3"}
-    assert {r["restart"] for r in done} == {"0"}  # a membership change uses no restart
+    # TORCHELASTIC_RESTART_COUNT is job-wide: the re-formed group (round 1) sees 1 on every node, the
+    # newcomer included, so all resume alike; the membership change used no restart of the budget.
+    assert {r["restart"] for r in done} == {"1"}
     assert "waiting to join" in job.err(1)
     assert "no restart used" in job.err(1)
     job.assert_nothing_left()
@@ -284,7 +286,7 @@ def test_sigterm_to_one_agent_stops_the_job(make_job: Callable[..., Job]) -> Non
     job.wait(lambda: not job.cluster.pids(2), 5, "nothing left on host2")
     for i in (1, 3):
         assert job.exit_code(i, STOP) != 0, job.diagnostics()
-        assert "host2 was stopped by SIGTERM" in job.err(i), job.diagnostics()
+        assert re.search(r"host2 \(group rank \d\) was stopped by SIGTERM", job.err(i)), job.diagnostics()
     job.assert_nothing_left()
 
 

@@ -195,11 +195,16 @@ def test_releasing_barrier_and_goodbye_counts() -> None:
     assert rounds.goodbyes_expected(None, lost=0) == 1  # never completed a round: only itself
 
 
-def test_lost_reports_show_each_host_once_in_report_order() -> None:
+def test_lost_reports_show_each_node_once_in_report_order() -> None:
     raw = lost_key((2, "h2", "n2"), (0, "h0", "n0"), (2, "h2", "n2"))  # two watchers reported n2
-    assert rounds.lost_hosts(raw) == ("h2", "h0")
+    assert rounds.lost_nodes(raw) == ("h2 (group rank 2)", "h0 (group rank 0)")
     assert rounds.lost_ids(raw) == {"n2", "n0"}
-    assert rounds.lost_hosts(b"") == ()
+    assert rounds.lost_nodes(b"") == ()
+
+
+def test_lost_nodes_on_hosts_of_the_same_name_are_told_apart() -> None:
+    raw = lost_key((1, "vm", "n1"), (2, "vm", "n2"))
+    assert rounds.lost_nodes(raw) == ("vm (group rank 1)", "vm (group rank 2)")
 
 
 # -- the key schema -----------------------------------------------------------------------------------

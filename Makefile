@@ -59,6 +59,7 @@ bench: install-dev
 	$(PY) scripts/bench_live.py
 	$(PY) scripts/bench_rendezvous.py
 	$(PY) scripts/bench_recovery.py
+	$(PY) scripts/bench_hangs.py
 	$(PY) scripts/bench_api.py
 
 bench-quick: install-dev
@@ -67,6 +68,7 @@ bench-quick: install-dev
 	$(PY) scripts/bench_live.py --quick
 	$(PY) scripts/bench_rendezvous.py --quick
 	$(PY) scripts/bench_recovery.py --quick
+	$(PY) scripts/bench_hangs.py --quick
 	$(PY) scripts/bench_api.py --quick
 
 clean:

@@ -26,18 +26,26 @@ from typing import Protocol, TypeVar
 
 from elaunch import events as ev
 from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousRefusedError, WorkerStartError
-from elaunch.failures import cause_text, failure_summary
+from elaunch.failures import cause_text, failure_summary, remote_failure
+from elaunch.hangs import Supervision
+from elaunch.kinds import Kind, classify
 from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, stopped_by_agent, worker_exit_state
 from elaunch.ranks import worker_plans
 from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous
 from elaunch.rendezvous.rounds import node_label
+from elaunch.retry import Signature, backoff_delay, refusal, signature
 from elaunch.signals import signal_name
-from elaunch.spec import RunResult, Worker, WorkerFailure, WorkerGroup, WorkerPlan, WorkerSpec, WorkerState
+from elaunch.spec import RunResult, Worker, WorkerFailure, WorkerGroup, WorkerPlan, WorkerSpec, WorkerState, root_cause
+from elaunch.values import replace
+from elaunch.watchdog import Hang, Watchdog, cgroup_oom_kills, python_stacks
 from elaunch.workers import Exit, Wakeup
 
 T = TypeVar("T")
 KILL_WAIT = 5.0
 """Bounded wait for SIGKILLed workers to be reaped."""
+REMOTE_CAUSE_WAIT = 5.0
+"""How long a node whose own failures are only consequences (lost peers, stopped workers) waits
+for the other nodes to publish a real cause, so that every node names the same one."""
 
 __all__ = ["Agent", "ErrorFiles", "SignalPolicy", "WorkerProcesses", "cause_text", "failure_summary"]
 
@@ -88,7 +96,12 @@ class Agent:
         signals: SignalPolicy,
         node_rank: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        supervision: Supervision | None = None,
+        watch: Watchdog | None = None,
     ) -> None:
+        """`supervision`: restart rules and hang settings (defaults: no watch, restarts at once);
+        `watch`: the hang watch and progress source (None: no hang detection, and the rule of the
+        same failure on consecutive attempts is not applied, progress being unknown)."""
         self.spec = spec
         self._rdzv = rdzv
         self._procs = procs
@@ -107,6 +120,15 @@ class Agent:
         self._stop_signal: int | None = None
         self._last_membership = Membership()
         self._published: str | None = None
+        self._sup = supervision or Supervision()
+        self._watch = watch
+        self._previous: Signature | None = None
+        """The root cause's signature of the attempt before, when it failed before any progress."""
+        self._oom_base: int | None = None
+        self._decided: float | None = None
+        """When the current failure was decided (monotonic): the `stop` phase runs from there."""
+        self._spawned: float | None = None
+        """When this attempt's workers were all started (monotonic), until its first progress is told."""
         rdzv.set_wakeup(procs.wake)
 
     # -- public ---------------------------------------------------------------------------
@@ -149,10 +171,12 @@ class Agent:
             result = self._result(WorkerState.FAILED, message=e.message)
         remote: tuple[str, ...] = ()
         if result.state != WorkerState.SUCCEEDED:
-            try:
-                remote = tuple(f for f in self._rdzv.failures() if f != self._published)
-            except RendezvousError:
-                remote = ()
+            remote, causes = self._remote_failures(result)
+            if causes:
+                result = replace(result, remote_causes=causes)
+            cause = result.root_cause
+            if cause is not None and not cause.restartable and result.interrupted_by is None:
+                result = replace(result, no_requeue_code=self._sup.no_requeue_code)  # the same code on every node
         self._bus.publish(ev.RunFinished(result=result, remote_failures=remote))
         self._bus.flush()
         return result
@@ -161,9 +185,17 @@ class Agent:
     def _invoke_run(self) -> RunResult:
         self._initialize_workers()
         while True:
-            woke = self._procs.wait(None)
+            running = self._procs.running() if self._watch is not None else []
+            woke = self._procs.wait(self._watch.timeout(running) if self._watch is not None else None)
             self._record_exits(woke.exits)
             self._handle_signals(woke.signals)
+            if self._spawned is not None and self._watch is not None and self._watch.first_progress is not None:
+                self._downtime("first_progress", max(0.0, self._watch.first_progress - self._spawned))
+                self._spawned = None
+            if self._watch is not None and not self._shutdown_signals:
+                hangs = self._watch.check(self._procs.running())
+                if hangs:
+                    self._record_hangs(hangs)
             m = self._rdzv.membership()
             if m != self._last_membership:
                 self._last_membership = m
@@ -193,27 +225,41 @@ class Agent:
             self._exit_barrier()
             return self._result(WorkerState.SUCCEEDED)
         if d.action in (Action.RESTART, Action.FAIL):
+            self._decided = self._clock()
+            if d.cause is not None:
+                self._downtime("detect", max(0.0, time.time() - d.cause.timestamp))
             self._set_group_state(WorkerState.FAILED)
             reason = cause_text(d.cause) if d.cause else "workers unhealthy"
-            if d.action == Action.RESTART:
+            refused = self._refusal(d.cause, retrying=d.action == Action.RESTART)
+            if d.action == Action.RESTART and refused is None:
                 self._restarts_left -= 1
                 self._publish_restart(reason, membership=False)
-                self._restart_workers()
+                self._restart_workers(
+                    backoff_delay(self.restart_count, self._sup.restart_backoff, self._sup.restart_backoff_max)
+                )
                 return None
+            if refused is not None:
+                self._message("error", refused)
             self._stop_workers(signal.SIGTERM)
             if d.cause is not None:
                 self._publish_failure(d.cause)
-            mine = f"{self._host} failed: {reason}; no restarts left"
+            mine = f"{self._host} failed: {reason}; " + ("not restartable" if refused else "no restarts left")
             note = self._close(mine)
             closed = self._rdzv.membership()
             if note is None and closed.closed and closed.reason and closed.reason != mine:
                 note = f"the job was closed: {closed.reason}"  # another node gave up first: say why
-            return self._result(WorkerState.FAILED, message=note)
+            if refused is not None:
+                note = refused if note is None else f"{refused}\n  {note}"
+            return replace(
+                self._result(WorkerState.FAILED, message=note),
+                no_requeue_code=self._sup.no_requeue_code if refused is not None else None,
+            )
         m = d.membership or Membership()
         if d.action == Action.CLOSED:
             self._stop_workers(signal.SIGTERM)
             return self._result(WorkerState.FAILED, message=f"the job was closed: {m.reason or 'by another node'}")
         self._membership_restarts += 1  # Action.REFORM
+        self._previous = None
         self._publish_restart(reform_reason(m), membership=True)
         self._restart_workers()
         return None
@@ -234,6 +280,8 @@ class Agent:
             restart_count=info.round,
             error_file=lambda lr: self._error_files.error_file(attempt, lr),
         )
+        if self._watch is not None:
+            plans = self._watch.prepare(plans)
         self._group = WorkerGroup(
             spec=self.spec,
             workers=[Worker.of(p.ranks) for p in plans],
@@ -257,11 +305,18 @@ class Agent:
                 duration=self._clock() - t0,
             )
         )
+        self._downtime("rendezvous", self._clock() - t0)
         self._start_workers(plans)
 
     def _start_workers(self, plans: list[WorkerPlan]) -> None:
         self._stopping = False
+        self._oom_base = cgroup_oom_kills()
+        t0 = self._clock()
         pids = self._procs.start(plans)
+        self._spawned = self._clock()
+        self._downtime("spawn", self._spawned - t0)
+        if self._watch is not None:
+            self._watch.started(pids)
         for w, plan in zip(self._group.workers, plans, strict=True):
             w.id = pids[w.local_rank]
             self._bus.publish(
@@ -278,11 +333,74 @@ class Agent:
             self._set_worker_state(w, WorkerState.HEALTHY)
         self._set_group_state(WorkerState.HEALTHY)
 
-    def _restart_workers(self) -> None:
+    def _restart_workers(self, backoff: float = 0.0) -> None:
         self._stop_workers(signal.SIGTERM)
+        if backoff > 0:
+            self._message("info", f"waiting {backoff:g}s before restarting (--restart-backoff)")
+            deadline = self._clock() + backoff
+            while not self._shutdown_signals and self._clock() < deadline:
+                woke = self._procs.wait(max(0.0, deadline - self._clock()))
+                self._handle_signals(woke.signals)
         if self._shutdown_signals:  # asked to stop while the old workers were stopping: no new ones
             raise _Interrupted(self._shutdown_signals[0])
         self._initialize_workers()
+
+    # -- what a failure means ---------------------------------------------------------------
+    def _refusal(self, cause: WorkerFailure | None, retrying: bool) -> str | None:
+        """Why this generation's failure must not be retried (retry.refusal), or None; keeps the
+        signature for the next attempt's comparison. Without restarts left (`retrying` False) only
+        a failure that can never succeed is refused: the run ends with the no-requeue code."""
+        if cause is None:
+            return None
+        progressed = self._watch.progressed() if self._watch is not None else True
+        previous = self._previous if retrying else None
+        why = refusal(cause, self._attempt + 1, previous, progressed, self._sup.no_requeue_code)
+        self._previous = None if progressed else signature(cause)
+        if why is not None and cause.kind not in (Kind.STARTUP, Kind.NO_RESTART):
+            w = self._group.worker(cause.local_rank)
+            if w is not None and w.failure is cause:
+                w.failure = replace(cause, repeated=True)
+        return why
+
+    def _record_hangs(self, hangs: list[Hang]) -> None:
+        """Hung workers are failures (kind `hang`): the report, with every local worker's Python
+        stack taken before anything is killed, then FAILED so that `decide` restarts or gives up."""
+        running = {w.local_rank: w for w in self._group.workers if w.state.running and w.id is not None}
+        now = time.time()  # the failure's time: the `detect` phase includes taking the stacks
+        stacks = python_stacks({lr: w.id for lr, w in running.items() if w.id is not None})
+        for h in hangs:
+            w = running.get(h.local_rank)
+            if w is None:
+                continue
+            note = h.reason + (f"; the process is {h.process_state}" if h.process_state else "")
+            self._bus.publish(
+                ev.HangDetected(
+                    local_rank=w.local_rank,
+                    global_rank=w.global_rank,
+                    host=self._host,
+                    pid=w.id or 0,
+                    silent_s=h.silent,
+                    reason=note,
+                    last_line=h.last_line,
+                    stacks=tuple((x.global_rank, x.id or 0, stacks.get(lr, "")) for lr, x in running.items()),
+                )
+            )
+            w.failure = WorkerFailure(
+                local_rank=w.local_rank,
+                global_rank=w.global_rank,
+                role=self.spec.role,
+                host=self._host,
+                pid=w.id or 0,
+                exitcode=None,
+                signal=None,
+                timestamp=now,
+                restart=self.restart_count,
+                traceback=stacks.get(w.local_rank),
+                last_lines=(h.last_line,) if h.last_line is not None else (),
+                kind=Kind.HANG,
+                note=note,
+            )
+            self._set_worker_state(w, WorkerState.FAILED)
 
     # -- stopping ---------------------------------------------------------------------------
     def _stop_workers(self, sig: int) -> None:
@@ -299,6 +417,8 @@ class Agent:
         running = self._procs.running()
         if running:
             self._procs.send(sig)
+            if any(w.failure is not None and w.failure.kind == Kind.HANG for w in self._group.workers):
+                self._procs.send(signal.SIGCONT)  # a SIGSTOPped worker gets the stop signal too
             deadline = self._clock() + self.spec.shutdown_timeout
             killed = False
             while self._procs.running() and not killed:
@@ -316,6 +436,9 @@ class Agent:
         self._record_exits(self._procs.release())
         if self._group.state.running:
             self._set_group_state(WorkerState.STOPPED)
+        if self._decided is not None:
+            self._downtime("stop", self._clock() - self._decided)
+            self._decided = None
 
     def _handle_signals(self, sigs: list[int]) -> bool:
         """Forward or act on caught signals; True when a repeated shutdown signal asks to kill now."""
@@ -347,6 +470,21 @@ class Agent:
             self._set_worker_state(w, new, ex, by_agent)
 
     def _failure(self, ex: Exit, by_agent: bool) -> WorkerFailure:
+        why = ex.why
+        oom = ex.signal == signal.SIGKILL and not by_agent and _oom_killed(self._oom_base)
+        kind, exception = classify(
+            exitcode=ex.exitcode,
+            signal=ex.signal,
+            traceback=why.traceback,
+            error_message=why.error_message,
+            last_lines=why.last_lines,
+            stopped_by_agent=by_agent,
+            oom_killed=oom,
+            no_requeue_code=self._sup.no_requeue_code,
+        )
+        note = None
+        if exception is not None and ex.signal is not None:
+            note = f"{signal_name(ex.signal)} came after the {exception}, while the interpreter shut down"
         return WorkerFailure(
             local_rank=ex.local_rank,
             global_rank=ex.global_rank,
@@ -361,6 +499,9 @@ class Agent:
             error_message=ex.why.error_message,
             last_lines=ex.why.last_lines,
             stopped_by_agent=by_agent,
+            kind=kind,
+            exception=exception,
+            note=note,
         )
 
     def _set_worker_state(self, w: Worker, new: WorkerState, ex: Exit | None = None, by_agent: bool = False) -> None:
@@ -398,6 +539,36 @@ class Agent:
             )
         )
 
+    def _remote_failures(self, result: RunResult) -> tuple[tuple[str, ...], tuple[WorkerFailure, ...]]:
+        """Other nodes' published failures: their texts, and those that can be the job's root cause.
+
+        When this node's own root cause is only a consequence (a lost peer), the node that caused
+        it may not have published yet: wait for a real cause, at most REMOTE_CAUSE_WAIT seconds."""
+        deadline = self._clock() + REMOTE_CAUSE_WAIT
+        while True:
+            try:
+                published = [f for f in self._rdzv.failures() if f != self._published]
+            except RendezvousError:
+                return (), ()
+            decoded = [remote_failure(text) for text in published]
+            texts = tuple(text for text, _ in decoded)
+            causes = tuple(f for _, f in decoded if f is not None)
+            mine = result.root_cause
+            best = root_cause([*result.failures.values(), *causes])
+            alone = (self._group.group_world_size or 1) <= 1  # no other node to hear from
+            settled = (
+                alone
+                or mine is None
+                or mine.kind != Kind.LOST_PEER
+                or (best is not None and best.kind != Kind.LOST_PEER)
+            )
+            if settled or result.interrupted_by is not None or self._clock() >= deadline:
+                return texts, causes
+            woke = self._procs.wait(0.2)
+            self._handle_signals(woke.signals)
+            if self._shutdown_signals:
+                return texts, causes
+
     def _publish_failure(self, cause: WorkerFailure) -> None:
         summary = failure_summary(cause)
         try:
@@ -431,6 +602,9 @@ class Agent:
         except RendezvousError as e:
             return f"could not close the job for the other nodes: {e.message}"
         return None
+
+    def _downtime(self, phase: str, seconds: float) -> None:
+        self._bus.publish(ev.Downtime(attempt=self._attempt, phase=phase, seconds=seconds))
 
     def _message(self, level: str, text: str) -> None:
         self._bus.publish(ev.Message(level=level, text=text))
@@ -474,6 +648,14 @@ class Agent:
         if "error" in box:
             raise box["error"]  # type: ignore[misc]
         return box["value"]  # type: ignore[return-value]
+
+
+def _oom_killed(before: int | None) -> bool:
+    """The cgroup's OOM-kill count went up since the attempt started (False where unreadable)."""
+    if before is None:
+        return False
+    now = cgroup_oom_kills()
+    return now is not None and now > before
 
 
 def host_name(local_addr: str | None) -> str:

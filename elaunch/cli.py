@@ -114,6 +114,24 @@ OPTIONS: tuple[Opt, ...] = (
         own=True,
         help="A regex with a (?P<step>...) group (and optionally (?P<total>...)) that progress lines match.",
     ),
+    Opt("--hang-timeout", own=True, help="Seconds without progress after which a worker is hung (off by default)."),
+    Opt(
+        "--startup-timeout",
+        own=True,
+        help="Seconds a worker may show no progress after it starts (default: max(--hang-timeout, 600)).",
+    ),
+    Opt(
+        "--restart-backoff",
+        own=True,
+        default="0",
+        help="Seconds to wait before a failure restart, doubled each time: BASE[:MAX] (MAX default 300).",
+    ),
+    Opt(
+        "--no-requeue-exit-code",
+        own=True,
+        default="93",
+        help="Exit code for a failure a restart cannot fix; a worker exiting with it is not restarted.",
+    ),
     Opt("--dry-run", own=True, flag=True, help="Print the resolved plan (ranks, environment, argv) and start nothing."),
 )
 _UNSET = object()

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 from elaunch.errors import ConfigError
+from elaunch.hangs import DEFAULT_BACKOFF_MAX, Supervision
 from elaunch.rendezvous.api import Endpoint, EtcdOptions, RendezvousConfig, RendezvousSettings
 from elaunch.spec import WorkerSpec
 from elaunch.values import Value, field, fields, value
@@ -118,6 +119,9 @@ class LaunchConfig(Value):
     virtual_local_rank: bool = False
     progress_pattern: str | None = None
     """`--progress-pattern`: a regex with a `step` group (and optionally `total`) matching progress lines."""
+    supervision: Supervision = field(default_factory=Supervision)
+    """Hang detection and restart rules (--hang-timeout, --startup-timeout, --restart-backoff,
+    --no-requeue-exit-code; the FileTimer pipe when TORCHELASTIC_ENABLE_FILE_TIMER=1)."""
     cpu_binding: tuple[CpuBinding, ...] = ()
     """`--numa-binding`: each local worker's CPUs, in local-rank order (empty: not bound)."""
     warnings: tuple[str, ...] = ()
@@ -467,6 +471,17 @@ def parse_progress_pattern(value: str | None) -> str | None:
     if "step" not in groups:
         raise ConfigError(f"--progress-pattern: needs a named group (?P<step>...) for the step number: {value!r}")
     return value
+
+
+def parse_backoff(value: str | None) -> tuple[float, float]:
+    """`--restart-backoff BASE[:MAX]` seconds -> (base, max); `0` (the default) is off."""
+    text = (value or "0").strip()
+    base_text, _, cap_text = text.partition(":")
+    base = parse_seconds(base_text, "--restart-backoff", allow_zero=True)
+    cap = parse_seconds(cap_text, "--restart-backoff (MAX)") if cap_text else max(DEFAULT_BACKOFF_MAX, base)
+    if cap < base:
+        raise ConfigError(f"--restart-backoff: MAX must not be less than BASE, got {value!r}")
+    return base, cap
 
 
 def substitute_local_rank(args: tuple[str, ...], local_rank: int) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from elaunch import events as ev
 from elaunch.config import StdSpec
-from elaunch.failures import clock_text, failure_detail
+from elaunch.failures import clock_text, failure_detail, failure_text
 from elaunch.logs import prefix_lines
 from elaunch.runview import RunView, ViewSource
 from elaunch.signals import signal_name
@@ -306,6 +306,8 @@ def describe(e: ev.Event, view: RunView) -> str | None:
         if e.membership:
             return f"restarting the group: {e.reason} (membership change #{e.membership_restarts}, no restart used)"
         return f"restarting the group: {e.reason} (restart {e.restarts_used} of {e.restarts_used + e.restarts_left}, {e.restarts_left} left)"
+    if isinstance(e, ev.HangDetected):
+        return hang_text(e)
     if isinstance(e, ev.MembershipChanged):
         parts = []
         if e.waiting:
@@ -321,6 +323,16 @@ def describe(e: ev.Event, view: RunView) -> str | None:
     if isinstance(e, ev.Message):
         return e.text if e.level == "info" else f"{e.level}: {e.text}"
     return None
+
+
+def hang_text(e: ev.HangDetected) -> str:
+    """The hang report: who, how long, the last line, then every local worker's Python stack."""
+    lines = [f"rank {e.global_rank} (pid {e.pid}) on {e.host} is hung: {e.reason}"]
+    lines.append(f"  last line: {e.last_line}" if e.last_line is not None else "  last line: (it printed nothing)")
+    for rank, pid, stack in e.stacks:
+        lines.append(f"  stack of rank {rank} (pid {pid}):")
+        lines += ["    " + x for x in stack.splitlines()]
+    return "\n".join(lines)
 
 
 def report(result: RunResult, remote: tuple[str, ...] = ()) -> str:
@@ -348,12 +360,13 @@ def report(result: RunResult, remote: tuple[str, ...] = ()) -> str:
                 lines.append(
                     "  also failed after it: "
                     + ", ".join(
-                        f"rank {f.global_rank} ({f.signal_name or f'exit code {f.exitcode}'})"
+                        f"rank {f.global_rank} ({f.kind.value}: {f.exception or f.signal_name or f'exit code {f.exitcode}'})"
                         for f in sorted(failed, key=lambda f: f.timestamp)
                     )
                 )
             if stopped:
                 lines.append(f"  stopped by elaunch: rank(s) {rank_ranges([f.global_rank for f in stopped])}")
+    remote = tuple(t for t in remote if cause is None or t != failure_text(cause))  # named above already
     if remote:
         lines.append("  failures reported by other nodes:")
         for text in remote:

@@ -150,6 +150,34 @@ class WorkerBytes(Event):
 
 
 @event
+class HangDetected(Event):
+    """A worker showed no progress past its limit (or its torch FileTimer expired): it is a failure
+    of kind `hang`. `stacks` are (global rank, pid, Python stack) of every local worker, taken
+    before anything was killed (py-spy; a line saying how to get them when it is missing)."""
+
+    local_rank: int
+    global_rank: int
+    host: str
+    pid: int
+    silent_s: float
+    reason: str
+    last_line: str | None
+    stacks: tuple[tuple[int, int, str], ...] = ()
+
+
+@event
+class Downtime(Event):
+    """One part of the time a failure cost (issue #11), in seconds, for `attempt` (rendezvous rounds
+    on this node, from 0). `phase`: `detect` (the failure, or a hang's detection, to the decision),
+    `stop` (the decision to every worker gone), `rendezvous`, `spawn` (to every worker started),
+    `first_progress` (every worker started to the first progress of any)."""
+
+    attempt: int
+    phase: str
+    seconds: float
+
+
+@event
 class RestartDecided(Event):
     """The agent restarts the group; `membership` restarts do not use up the failure budget."""
 

@@ -28,6 +28,7 @@ from elaunch.signals import Interrupted, SignalTrap, signal_name
 from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
 from elaunch.terminal import pty_plan, terminal_restored
+from elaunch.watchdog import TIMER_FILE_ENV, Watchdog
 from elaunch.workers import LocalProcesses
 
 __all__ = ["build_config", "launch", "print_plan"]
@@ -129,6 +130,20 @@ def launch(
                 procs.wake()
 
             rdzv.set_notice(notice)
+        try:
+            watch = Watchdog(
+                config.supervision,
+                add_reader=procs.add_reader,
+                wake=procs.wake,
+                fifo_dir=run_dir.path,
+                timer_file=env.get(TIMER_FILE_ENV),
+            )
+        except ElaunchError as e:
+            result = RunResult(state=WorkerState.FAILED, message=e.message)
+            bus.publish(RunFinished(result=result))
+            return result
+        stack.callback(watch.close)
+        bus.subscribe(watch)
         agent = Agent(
             config.worker_spec(env),
             rdzv,
@@ -138,6 +153,8 @@ def launch(
             error_files=run_dir,
             signals=policy,
             node_rank=config.rdzv.node_rank,
+            supervision=config.supervision,
+            watch=watch,
         )
         return agent.run()
     raise AssertionError("unreachable")  # pragma: no cover (ExitStack does not swallow exceptions)

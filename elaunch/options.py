@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -18,6 +19,7 @@ from elaunch import config as cfg
 from elaunch.config import LaunchConfig, OutputConfig
 from elaunch.devices import device_counts
 from elaunch.errors import ConfigError, NotSupportedError
+from elaunch.hangs import Supervision
 from elaunch.rendezvous.api import BackendName, Endpoint, RendezvousConfig
 
 if TYPE_CHECKING:
@@ -238,6 +240,32 @@ def _output(opts: Mapping[str, Any], env: Mapping[str, str], warnings: list[str]
     )
 
 
+def _supervision(opts: Mapping[str, Any], env: Mapping[str, str], progress: str | None) -> Supervision:
+    """--hang-timeout, --startup-timeout, --restart-backoff, --no-requeue-exit-code and torch's
+    TORCHELASTIC_ENABLE_FILE_TIMER (the agent serves the FileTimer pipe, as torchrun's agent does)."""
+    hang = cfg.parse_seconds(opts["hang_timeout"], "--hang-timeout") if opts.get("hang_timeout") else None
+    startup = cfg.parse_seconds(opts["startup_timeout"], "--startup-timeout") if opts.get("startup_timeout") else None
+    base, cap = cfg.parse_backoff(opts.get("restart_backoff"))
+    code = cfg.parse_count(opts.get("no_requeue_exit_code"), "--no-requeue-exit-code", default=93, high=255)
+    if code == 0:
+        raise ConfigError("--no-requeue-exit-code: 0 means success; choose 1 to 255")
+    file_timer = env.get("TORCHELASTIC_ENABLE_FILE_TIMER", "") == "1"
+    timer_file = env.get("TORCHELASTIC_TIMER_FILE")
+    if file_timer and timer_file and os.path.exists(timer_file) and not stat.S_ISFIFO(os.stat(timer_file).st_mode):
+        raise ConfigError(
+            f"TORCHELASTIC_TIMER_FILE={timer_file}: exists and is not a named pipe (elaunch makes the pipe)"
+        )
+    return Supervision(
+        hang_timeout=hang,
+        startup_timeout=startup,
+        progress_pattern=progress,
+        no_requeue_code=code if code is not None else 93,
+        restart_backoff=base,
+        restart_backoff_max=cap,
+        file_timer=file_timer,
+    )
+
+
 def build_config(
     opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str], *, topology: Topology | None = None
 ) -> LaunchConfig:
@@ -262,6 +290,7 @@ def build_config(
     shutdown = cfg.parse_seconds(raw_shutdown, "--shutdown-timeout", allow_zero=True)
     barrier = cfg.parse_seconds(opts["exit_barrier_timeout"], "--exit-barrier-timeout")
     signals = cfg.parse_signals(opts["signals_to_handle"])
+    progress = cfg.parse_progress_pattern(opts["progress_pattern"])
     entry_argv, kind = _entry(opts, env)
     output = _output(opts, env, warnings)
     if str(opts.get("start_method") or "spawn") not in START_METHODS:
@@ -299,7 +328,8 @@ def build_config(
         shutdown_timeout=shutdown,
         exit_barrier_timeout=barrier,
         virtual_local_rank=bool(opts["virtual_local_rank"]),
-        progress_pattern=cfg.parse_progress_pattern(opts["progress_pattern"]),
+        progress_pattern=progress,
+        supervision=_supervision(opts, env, progress),
         cpu_binding=cpu_binding,
         warnings=tuple(warnings),
         dry_run=bool(opts["dry_run"]),

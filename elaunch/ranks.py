@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 
 from elaunch.config import substitute_local_rank
@@ -76,6 +77,8 @@ def worker_env(
             "TORCHELASTIC_RUN_ID": info.run_id,
             "TORCHELASTIC_USE_AGENT_STORE": str(info.use_agent_store),
             "TORCHELASTIC_ERROR_FILE": error_file,
+            # elaunch's own: a file the worker may touch to show progress (hang detection, issue #11)
+            "ELAUNCH_HEARTBEAT_FILE": os.path.join(os.path.dirname(error_file) or ".", "heartbeat"),
             "TORCH_NCCL_ASYNC_ERROR_HANDLING": base.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
         }
     )

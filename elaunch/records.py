@@ -75,6 +75,10 @@ def failure_record(f: WorkerFailure | None) -> dict[str, Any] | None:
         "traceback": f.traceback,
         "last_lines": list(f.last_lines),
         "stopped_by_agent": f.stopped_by_agent,
+        "kind": f.kind.value,
+        "exception": f.exception,
+        "restartable": f.restartable,
+        "note": f.note,
     }
 
 
@@ -140,7 +144,21 @@ def summary_doc(view: RunView) -> dict[str, Any]:
         "membership_restarts": view.membership_restarts,
         "rounds": rounds,
         "workers": [worker_record(w) for w in sorted(view.all_workers, key=lambda w: (w.attempt, w.global_rank))],
+        "attempts": attempt_records(view),
     }
+
+
+DOWNTIME_PHASES = ("rendezvous", "spawn", "first_progress", "detect", "stop")
+
+
+def attempt_records(view: RunView) -> list[dict[str, Any]]:
+    """Per attempt, where the time went: `{attempt, rendezvous_s, spawn_s, first_progress_s,
+    detect_s, stop_s}` (seconds; null for a phase that did not happen, e.g. no failure)."""
+    out: dict[int, dict[str, Any]] = {}
+    for attempt, phase, seconds in view.downtime:
+        rec = out.setdefault(attempt, {"attempt": attempt, **{f"{p}_s": None for p in DOWNTIME_PHASES}})
+        rec[f"{phase}_s"] = seconds
+    return [out[k] for k in sorted(out)]
 
 
 class EventsFile:

@@ -104,6 +104,8 @@ class RunView(Value):
     workers: tuple[WorkerRow, ...] = ()
     past_workers: tuple[WorkerRow, ...] = ()
     finished: Finished | None = None
+    downtime: tuple[tuple[int, str, float], ...] = ()
+    """(attempt, phase, seconds) as the agent measured them (`Downtime` events), in order."""
 
     @property
     def last_round(self) -> RoundView | None:
@@ -267,6 +269,10 @@ def _membership(v: RunView, e: ev.MembershipChanged) -> RunView:
     return replace(v, membership=m)
 
 
+def _downtime(v: RunView, e: ev.Downtime) -> RunView:
+    return replace(v, downtime=(*v.downtime, (e.attempt, e.phase, e.seconds)))
+
+
 def _finished(v: RunView, e: ev.RunFinished) -> RunView:
     return replace(v, finished=Finished(result=e.result, remote_failures=e.remote_failures, ts=e.ts))
 
@@ -283,6 +289,7 @@ _STEPS: dict[type[ev.Event], Callable[[RunView, Any], RunView]] = {
     ev.RestartDecided: _restart,
     ev.MembershipChanged: _membership,
     ev.RunFinished: _finished,
+    ev.Downtime: _downtime,
 }
 
 

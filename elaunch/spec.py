@@ -7,6 +7,7 @@ import signal as _signal
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from elaunch.kinds import Kind, rank_key, restartable
 from elaunch.values import Record, Value, field, record, value
 
 if TYPE_CHECKING:
@@ -194,6 +195,19 @@ class WorkerFailure(Value):
     error_message: str | None = None
     last_lines: tuple[str, ...] = ()
     stopped_by_agent: bool = False
+    kind: Kind = Kind.EXIT
+    """What kind of failure it was (elaunch/kinds.py's table); orders root causes."""
+    exception: str | None = None
+    """The Python exception's type (`ValueError`, `torch.OutOfMemoryError`), when there was one."""
+    note: str | None = None
+    """What else to say: a signal after the exception (teardown abort), a hang's details."""
+    repeated: bool = False
+    """The same failure, before any progress, as on the attempt before: a retry cannot help."""
+
+    @property
+    def restartable(self) -> bool:
+        """False when a retry fails the same way (start-up errors, the no-requeue exit code)."""
+        return restartable(self.kind) and not self.repeated
 
     @property
     def signal_name(self) -> str | None:
@@ -224,14 +238,19 @@ class RunResult(Value):
     """The signal that made the agent shut the job down, if any."""
     message: str | None = None
     """Why the run ended when no worker is to blame (rendezvous closed, timeout...)."""
+    remote_causes: tuple[WorkerFailure, ...] = ()
+    """Root causes other nodes published: the job's root cause is chosen over them and these."""
+    no_requeue_code: int | None = None
+    """Set when elaunch refused to restart (or a worker asked it not to): the exit code that
+    means "do not requeue" (93 unless `--no-requeue-exit-code`)."""
 
     def is_failed(self) -> bool:
         return self.state == WorkerState.FAILED
 
     @property
     def root_cause(self) -> WorkerFailure | None:
-        """The first failure in time that the agent did not cause itself."""
-        return root_cause(self.failures.values())
+        """The job's root cause over this node's failures and those other nodes published."""
+        return root_cause([*self.failures.values(), *self.remote_causes])
 
     @property
     def exit_code(self) -> int:
@@ -240,6 +259,8 @@ class RunResult(Value):
             return 128 + self.interrupted_by
         if self.state == WorkerState.SUCCEEDED:
             return 0
+        if self.no_requeue_code is not None:
+            return self.no_requeue_code
         cause = self.root_cause
         if cause is not None:
             code = cause.shell_code
@@ -248,6 +269,8 @@ class RunResult(Value):
 
 
 def root_cause(failures: Iterable[WorkerFailure]) -> WorkerFailure | None:
-    """The first failure in time that the agent did not cause itself (ties: the lowest global rank)."""
+    """The root cause among failures the agent did not cause itself: the lowest tier of its kind
+    (kinds.TIER: a lost peer is a consequence, never the cause while a real one exists), then the
+    earliest, then the lowest global rank."""
     own = [f for f in failures if not f.stopped_by_agent]
-    return min(own, key=lambda f: (f.timestamp, f.global_rank)) if own else None
+    return min(own, key=lambda f: rank_key(f.kind, f.timestamp, f.global_rank)) if own else None

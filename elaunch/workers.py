@@ -261,6 +261,10 @@ class LocalProcesses:
             self._reaper.spawned()
         return pids
 
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the agent's thread, inside `wait`) whenever `fd` is readable."""
+        self._sel.register(fd, selectors.EVENT_READ, ("reader", callback))
+
     # -- watching -------------------------------------------------------------------------
     def running(self) -> list[int]:
         """Local ranks whose process has not been seen to exit."""
@@ -316,6 +320,8 @@ class LocalProcesses:
         elif kind == "wake":
             self._wake.drain()
             result.woken = True
+        elif kind == "reader":
+            tag[1]()  # type: ignore[operator]
         elif kind == "signal" and self._trap is not None:
             result.signals.extend(self._trap.drain())
 

@@ -12,10 +12,15 @@ import pytest
 from elaunch import events as ev
 from elaunch.agent import Agent, SignalPolicy
 from elaunch.errors import StoreError
+from elaunch.hangs import Supervision
+from elaunch.kinds import Kind
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo
 from elaunch.rendezvous.local import LocalRendezvous
 from elaunch.rundir import RunDir
 from elaunch.spec import RunResult, WorkerPlan, WorkerSpec, WorkerState
+from elaunch.tails import Explanation
+from elaunch.values import replace
+from elaunch.watchdog import Watchdog
 from elaunch.workers import Exit, Wakeup
 
 Step = Callable[["FakeProcesses"], Wakeup]
@@ -116,6 +121,7 @@ def make_agent(
     max_restarts: int = 0,
     rdzv: object | None = None,
     shutdown_timeout: float = 30.0,
+    **agent_kw: object,
 ) -> tuple[Agent, ev.Recorder]:
     spec = WorkerSpec(
         role="default",
@@ -135,6 +141,7 @@ def make_agent(
         error_files=RunDir(str(tmp_path / "logs"), "t"),
         signals=SignalPolicy(shutdown=frozenset({signal.SIGTERM, signal.SIGINT}), forward=frozenset({signal.SIGUSR1})),
         clock=FakeClock(),
+        **agent_kw,  # type: ignore[arg-type]
     )
     return agent, rec
 
@@ -363,3 +370,41 @@ def test_exits_that_happened_before_the_stop_are_the_workers_own(tmp_path: Path)
     result = agent.run()
     assert not result.failures[0].stopped_by_agent and result.failures[0].exitcode == 2
     assert result.root_cause is not None and result.root_cause.global_rank == 1
+
+
+def test_the_same_failure_before_any_progress_is_not_restarted_again(tmp_path: Path) -> None:
+    procs = FakeProcesses([exits((0, 1)), exits((0, 1)), exits((0, 1))])
+    watch = Watchdog(Supervision())  # no output reaches it: no progress
+    agent, rec = make_agent(procs, tmp_path, max_restarts=5, supervision=Supervision(), watch=watch)
+    result = agent.run()
+    assert len(procs.generations) == 2 and result.exit_code == 93
+    assert len(rec.of(ev.RestartDecided)) == 1
+    assert result.message == "the same exit code 1 before any progress on attempts 1 and 2; not restarting"
+    assert result.root_cause is not None and not result.root_cause.restartable
+
+
+def test_a_startup_error_is_not_restarted(tmp_path: Path) -> None:
+    tb = "Traceback (most recent call last):\n  File \"t.py\", line 1\nModuleNotFoundError: No module named 'x'"
+
+    def fail(f: FakeProcesses) -> Wakeup:
+        ex = f.exit(1, code=1)
+        return Wakeup(exits=[replace(ex, why=Explanation(traceback=tb))])
+
+    procs = FakeProcesses([fail])
+    agent, _ = make_agent(procs, tmp_path, max_restarts=3, supervision=Supervision(no_requeue_code=42))
+    result = agent.run()
+    assert len(procs.generations) == 1 and result.exit_code == 42
+    cause = result.root_cause
+    assert cause is not None and (cause.kind, cause.exception) == (Kind.STARTUP, "ModuleNotFoundError")
+
+
+def test_a_lost_peer_on_a_single_node_does_not_wait_for_other_nodes(tmp_path: Path) -> None:
+    tb = 'Traceback (most recent call last):\n  File "t.py", line 1\nRuntimeError: Connection closed by peer [::1]:5'
+
+    def fail(f: FakeProcesses) -> Wakeup:
+        return Wakeup(exits=[replace(f.exit(0, code=1), why=Explanation(traceback=tb))])
+
+    procs = FakeProcesses([fail])  # a wait between generations would fail the test (nobody wakes it)
+    agent, _ = make_agent(procs, tmp_path)
+    cause = agent.run().root_cause
+    assert cause is not None and cause.kind == Kind.LOST_PEER and cause.exception == "RuntimeError"

@@ -302,7 +302,8 @@ def work():
     done = two_nodes(tmp_path, fn, 'print("RESULT " + json.dumps([str(outcome), list(outcome.remote_failures)]))')
     assert all(p.returncode == 0 for p in done), [p.stderr for p in done]
     text, remote = last_json(done[0].stdout)  # type: ignore[misc]
-    assert "failures reported by other nodes" in text and "RuntimeError: disk full on the second node" in text
+    # Every node names the same root cause (#11): the other node's exception, not a list after its own.
+    assert "root cause: rank 2 (local rank 1)" in text and "RuntimeError: disk full on the second node" in text
     assert any("rank 2" in r for r in remote)
     text, _ = last_json(done[1].stdout)  # type: ignore[misc]
     assert "root cause: rank 2 (local rank 1)" in text

@@ -100,6 +100,7 @@ DIFFERENT_VALUES = {
     "TORCHELASTIC_USE_AGENT_STORE": "False: elaunch's agent hosts no TCPStore at MASTER_PORT",
     "TORCHELASTIC_SIGNALS_TO_HANDLE": "elaunch also handles SIGUSR1/SIGUSR2 by default (passed on)",
     "PYTHONUNBUFFERED": "1 so that output arrives line by line through the pipes",
+    "ELAUNCH_HEARTBEAT_FILE": "elaunch's own: a file the worker may touch to show progress (hang detection)",
 }
 
 

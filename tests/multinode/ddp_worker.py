@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from datetime import timedelta
 
 import torch
@@ -76,4 +77,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # A failure leaves without the interpreter's teardown too (torch 2.13's gloo may abort there,
+    # SIGABRT, exit 134 instead of 1): print the traceback as Python would, then exit 1 at once.
+    try:
+        main()
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)

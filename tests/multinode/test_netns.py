@@ -336,8 +336,9 @@ def test_restarts_used_up_on_one_node_closes_the_job(make_job: Callable[..., Job
         err = job.err(i)
         report = err[err.rindex("job FAILED") :]
         assert "the job was closed: host3 failed: rank" in report, report
-        assert "failures reported by other nodes:" in report, report
-        assert re.search(r"host3: rank \d \(pid \d+\) exited with code 1", report), report
+        # Every node names the same root cause: host3's exception, published by its agent.
+        assert re.search(r"root cause: rank \d \(local rank 0\) on host3, pid \d+, exited with code 1", report), report
+        assert "kind: exception ValueError" in report, report
         assert "Traceback (most recent call last):" in report and "ValueError: boom on host3" in report, report
     job.assert_nothing_left()
 

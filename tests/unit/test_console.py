@@ -9,6 +9,7 @@ import pytest
 from elaunch import events as ev
 from elaunch.config import StdSpec
 from elaunch.console import ConsoleOptions, PlainConsole, describe, rank_ranges, report, shown, worker_prefix
+from elaunch.kinds import Kind
 from elaunch.runview import RunTracker, RunView, fold
 from elaunch.spec import RunResult, WorkerFailure, WorkerState
 from tests.unit.history import T0, TRACEBACK, attempt, fail_then_succeed, run_started, until
@@ -213,12 +214,13 @@ def test_report_of_a_failed_run(utc: None) -> None:
         "  could not close the job for the other nodes: gone\n"
         "  root cause: rank 1 (local rank 1) on vm, pid 101, exited with code 1\n"
         "    at 00:00:01.000, restart 1\n"
+        "    kind: exit_code, restartable\n"
         "    error: bad input\n"
         "    traceback:\n"
         "      Traceback (most recent call last):\n"
         '        File "t.py", line 3, in <module>\n'
         "      ValueError: boom\n"
-        "  also failed after it: rank 3 (exit code 7), rank 2 (SIGSEGV)\n"
+        "  also failed after it: rank 3 (exit_code: exit code 7), rank 2 (exit_code: SIGSEGV)\n"
         "  stopped by elaunch: rank(s) 0\n"
         "  failures reported by other nodes:\n"
         "    b: rank 9 (pid 5) exited with code 2\n"
@@ -227,12 +229,15 @@ def test_report_of_a_failed_run(utc: None) -> None:
 
 
 def test_report_of_a_killed_worker_and_of_a_stopped_run(utc: None) -> None:
-    killed = RunResult(state=S.FAILED, failures={0: _failure(0, T0, exitcode=None, signal=9, last_lines=("a", "b"))})
+    killed = RunResult(
+        state=S.FAILED, failures={0: _failure(0, T0, exitcode=None, signal=9, last_lines=("a", "b"), kind=Kind.SIGNAL)}
+    )
     assert report(killed).splitlines() == [
         "job FAILED: exit code 137",
         "  root cause: rank 0 (local rank 0) on vm, pid 100, was killed by SIGKILL (the kernel's OOM killer is a "
         "common cause: check `dmesg`)",
         "    at 00:00:00.000, restart 0",
+        "    kind: signal, restartable",
         "    last lines:",
         "      a",
         "      b",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elaunch.failures import cause_text, failure_detail, failure_summary
+from elaunch.failures import cause_text, failure_detail, failure_text
 from elaunch.spec import WorkerFailure
 from tests.unit.history import T0, TRACEBACK
 
@@ -23,21 +23,22 @@ def test_cause_text() -> None:
 
 
 def test_failure_summary_for_other_nodes() -> None:
-    assert failure_summary(EXITED) == f"vm: rank 5 (pid 42) exited with code 3\n{TRACEBACK}"
-    assert failure_summary(KILLED) == "vm: rank 4 (pid 41) was killed by SIGKILL\n" + "\n".join(
+    assert failure_text(EXITED) == f"vm: rank 5 (pid 42) exited with code 3\n{TRACEBACK}"
+    assert failure_text(KILLED) == "vm: rank 4 (pid 41) was killed by SIGKILL\n" + "\n".join(
         f"line {i}" for i in range(3, 8)
     )
-    assert failure_summary(SILENT) == "vm: rank 0 (pid 40) exited with code 1"
+    assert failure_text(SILENT) == "vm: rank 0 (pid 40) exited with code 1"
 
 
 def test_failure_detail(utc: None) -> None:
     assert failure_detail(SILENT) == [
         "root cause: rank 0 (local rank 0) on vm, pid 40, exited with code 1",
         "  at 00:00:00.000, restart 0",
+        "  kind: exit_code, restartable",
     ]
     assert failure_detail(KILLED, indent="-")[:3] == [
         "root cause: rank 4 (local rank 0) on vm, pid 41, was killed by SIGKILL (the kernel's OOM killer is a "
         "common cause: check `dmesg`)",
         "-at 00:00:00.000, restart 0",
-        "-last lines:",
+        "-kind: exit_code, restartable",
     ]

@@ -67,3 +67,28 @@ def test_etcd_certificates_must_exist(tmp_path: Path) -> None:
     assert c.rdzv.etcd is not None and c.rdzv.etcd.ca_cert == str(ca) and c.rdzv.endpoint.port == 2379  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="no such file"):
         config(tmp_path, *etcd, "--rdzv-conf", f"protocol=https,cacert={tmp_path / 'none.pem'}")
+
+
+def test_supervision_options(tmp_path: Path) -> None:
+    s = config(tmp_path).supervision
+    assert (s.hang_timeout, s.startup_limit, s.no_requeue_code, s.restart_backoff, s.file_timer) == (
+        None, None, 93, 0.0, False)  # fmt: skip
+    s = config(
+        tmp_path, "--hang-timeout", "30", "--restart-backoff", "2:20", "--no-requeue-exit-code", "77",
+        "--progress-pattern", r"step (?P<step>\d+)", env={"TORCHELASTIC_ENABLE_FILE_TIMER": "1"},
+    ).supervision  # fmt: skip
+    assert (s.hang_timeout, s.startup_limit, s.restart_backoff, s.restart_backoff_max) == (30.0, 600.0, 2.0, 20.0)
+    assert s.no_requeue_code == 77 and s.file_timer and s.progress_pattern == r"step (?P<step>\d+)"
+    assert (
+        config(tmp_path, "--startup-timeout", "1200", env={"ELAUNCH_HANG_TIMEOUT": "5"}).supervision.startup_limit
+        == 1200
+    )
+    for args, message in [
+        (("--hang-timeout", "soon"), "--hang-timeout: expected a number of seconds"),
+        (("--startup-timeout", "-1"), "--startup-timeout: must be greater than 0"),
+        (("--restart-backoff", "5:1"), "--restart-backoff: MAX must not be less than BASE"),
+        (("--no-requeue-exit-code", "0"), "--no-requeue-exit-code: 0 means success"),
+        (("--no-requeue-exit-code", "300"), "--no-requeue-exit-code: must be between 0 and 255"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            config(tmp_path, *args)

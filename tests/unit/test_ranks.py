@@ -64,6 +64,7 @@ def test_worker_env_contract() -> None:
         "TORCHELASTIC_RUN_ID": "job",
         "TORCHELASTIC_USE_AGENT_STORE": "False",
         "TORCHELASTIC_ERROR_FILE": "/x/error.json",
+        "ELAUNCH_HEARTBEAT_FILE": "/x/heartbeat",
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
         "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",

@@ -95,3 +95,30 @@ def test_summary_of_a_run_that_never_started() -> None:
     assert doc["workers"] == [] and doc["rounds"] == []
     with pytest.raises(ValueError):
         summary_doc(fold([]))
+
+
+def test_attempts_say_where_the_downtime_went() -> None:
+    from elaunch import events as ev
+    from elaunch.records import attempt_records
+    from elaunch.runview import fold
+
+    view = fold(
+        [
+            ev.Downtime(attempt=0, phase="rendezvous", seconds=0.5),
+            ev.Downtime(attempt=0, phase="spawn", seconds=0.1),
+            ev.Downtime(attempt=0, phase="detect", seconds=0.01),
+            ev.Downtime(attempt=0, phase="stop", seconds=2.0),
+            ev.Downtime(attempt=1, phase="rendezvous", seconds=0.2),
+        ]
+    )
+    assert attempt_records(view) == [
+        {"attempt": 0, "rendezvous_s": 0.5, "spawn_s": 0.1, "first_progress_s": None, "detect_s": 0.01, "stop_s": 2.0},
+        {
+            "attempt": 1,
+            "rendezvous_s": 0.2,
+            "spawn_s": None,
+            "first_progress_s": None,
+            "detect_s": None,
+            "stop_s": None,
+        },
+    ]

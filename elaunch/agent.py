@@ -193,6 +193,7 @@ class Agent:
             reason = cause_text(d.cause) if d.cause else "workers unhealthy"
             if d.action == Action.RESTART:
                 self._restarts_left -= 1
+                self._request_restart_round(reason)
                 self._publish_restart(reason, membership=False)
                 self._restart_workers()
                 return None
@@ -213,6 +214,14 @@ class Agent:
         self._publish_restart(reform_reason(m), membership=True)
         self._restart_workers()
         return None
+
+    def _request_restart_round(self, reason: str) -> None:
+        """Ask the other nodes to restart with us at once (a restart round, when membership is
+        unchanged: see rendezvous/restarts.py); if the store cannot be told, a full round follows."""
+        try:
+            self._rdzv.request_restart(f"{self._host}: {reason}")
+        except RendezvousError:
+            pass
 
     def _initialize_workers(self) -> None:
         self._attempt += 1

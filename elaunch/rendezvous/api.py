@@ -150,6 +150,8 @@ class Membership(Value):
     closed: bool = False
     """The job was closed by some node: every node should stop and exit."""
     reason: str | None = None
+    restart: str | None = None
+    """A node asked for a restart round (same group, workers restarted everywhere): who and why."""
 
 
 @runtime_checkable
@@ -175,6 +177,12 @@ class Rendezvous(Protocol):
 
         `me.master_port == 0` asks the backend to pick a free port on this node for it.
         """
+        ...
+
+    def request_restart(self, reason: str) -> bool:
+        """This node's workers failed: ask every node to restart its workers in a restart round
+        (the same group, no join or last call) when membership is unchanged. True when the next
+        `next_rendezvous` call is such a round; False: it is a full round (nothing was asked)."""
         ...
 
     def membership(self) -> Membership:

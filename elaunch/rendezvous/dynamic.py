@@ -25,6 +25,7 @@ from elaunch.rendezvous import rounds
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.ports import free_port
+from elaunch.rendezvous.restarts import RestartWatch, join_restart, publish_restart
 from elaunch.rendezvous.rounds import LastCall, NodeRecord, Placement, Round, order_nodes
 from elaunch.rendezvous.store import Store
 from elaunch.rendezvous.watcher import STORE_LOST, Beat, ControlConnection, MembershipState, Watcher, release_slot
@@ -96,6 +97,9 @@ class DynamicRendezvous:
         self._watcher = Watcher(
             self._ctl, self._k, self._id, self._s, self._state, store.address, name=f"elaunch-rdzv-{run_id}"
         )
+        self._restarts = RestartWatch(
+            self._restart_connection, self._k, self._id, self._state, self._slice, f"elaunch-rdzv-restart-{run_id}"
+        )
 
     # -- Rendezvous protocol ---------------------------------------------------------------
     @property
@@ -141,6 +145,14 @@ class DynamicRendezvous:
             deadline = time.monotonic() + self._s.join_timeout
             self._check(st)
             prev = self._state.round
+            if prev is not None:  # a restart round (same group) when one was published for us
+
+                def wait(key: str) -> bool:
+                    return self._wait_key(st, key, deadline, lambda: self._check(st))
+
+                fast = join_restart(st, self._k, self._id, prev, me.master_port, wait)
+                if fast is not None:
+                    return self._completed(fast)
             rnd = rounds.round_to_join(None if prev is None else prev.number, int(st.get(self._k.open_round)))
             if prev is not None:
                 release_slot(st, self._k, prev, prev.rank, self._id)
@@ -164,19 +176,37 @@ class DynamicRendezvous:
                     self._standby(st, rnd, final)
                     deadline = time.monotonic() + self._s.join_timeout
                 rnd += 1  # late: join the next round; that tells the running nodes we wait
-            new = Round(rnd, tuple(final), rank)
-            self._state.new_round(new)
-            if not self._stop.is_set():
-                self._watcher.start()
+            return self._completed(Round(rnd, tuple(final), rank))
+
+    def _completed(self, new: Round) -> RendezvousInfo:
+        """Round `new` is this node's now: reset the membership view, (first time) start the
+        membership threads, and say who is in it."""
+        self._state.new_round(new)
+        if not self._stop.is_set():
+            self._watcher.start()
+            self._restarts.start()
         head = new.nodes[0].info
         return RendezvousInfo(
             run_id=self._run_id,
-            round=rnd,
+            round=new.number,
             group_rank=new.rank,
             nodes=tuple(r.info for r in new.nodes),
             master_addr=head.host,
             master_port=head.master_port,
         )
+
+    def request_restart(self, reason: str) -> bool:
+        """Publish the next round as a restart round of the current group (`restarts`): every
+        node hears of it within a store round trip and restarts its workers without a join or last
+        call. False (a full round follows) when membership changed, or the store cannot be told."""
+        rv = self._state.round
+        if rv is None:
+            return False
+        try:
+            with self._ctl.use() as ctl:
+                return publish_restart(ctl, self._k, self._id, rv, self._state, reason)
+        except StoreError:
+            return False
 
     def membership(self) -> Membership:
         return self._state.view()
@@ -271,6 +301,7 @@ class DynamicRendezvous:
         self._shut = True
         self._stop.set()
         self._watcher.stop(timeout=self._s.heartbeat_timeout + self._slice + 1.0)
+        self._restarts.stop(timeout=self._slice + self._s.heartbeat_timeout + 1.0)
         rv = self._state.round
         try:
             if self._passed_barrier and self._state.closed is None and rv is not None:
@@ -284,6 +315,12 @@ class DynamicRendezvous:
                 self._store.close()
             finally:
                 self._main_lock.release()
+
+    def _restart_connection(self) -> Store:
+        """The restart watch's own connection, bounded like the control connection."""
+        conn = self._store.clone()
+        conn.set_timeout(min(self._s.read_timeout, self._s.heartbeat_timeout))
+        return conn
 
     # -- joining -----------------------------------------------------------------------------
     def _join_round(self, st: Store, rnd: int, rec: NodeRecord, deadline: float) -> list[NodeRecord]:

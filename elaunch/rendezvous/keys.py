@@ -19,6 +19,7 @@ class RoundKeys:
         "finaliser",
         "joined",
         "lost",
+        "master_port",
         "nodes",
         "number",
         "released",
@@ -45,6 +46,8 @@ class RoundKeys:
         """Counter of nodes that reached the exit barrier."""
         self.exit_done = f"{r}/exit_done"
         """Marker set by the last node to reach the exit barrier."""
+        self.master_port = f"{r}/master_port"
+        """A restart round's MASTER_PORT, set by its group rank 0 (`restarts.join_restart`)."""
 
     def at(self, k: int) -> str:
         """Marker set by the k-th joiner once k >= MIN (the finaliser waits on the next one)."""

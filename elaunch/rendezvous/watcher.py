@@ -73,6 +73,7 @@ class MembershipState:
         self._waiting = 0
         self._lost: tuple[str, ...] = ()
         self._closed: str | None = None
+        self._restart: str | None = None
         self._wake: Callable[[], None] | None = None
 
     @property
@@ -93,7 +94,11 @@ class MembershipState:
     def view(self) -> Membership:
         with self._lock:
             return Membership(
-                waiting=self._waiting, lost=self._lost, closed=self._closed is not None, reason=self._closed
+                waiting=self._waiting,
+                lost=self._lost,
+                closed=self._closed is not None,
+                reason=self._closed,
+                restart=self._restart,
             )
 
     def new_round(self, rv: Round) -> None:
@@ -101,6 +106,7 @@ class MembershipState:
             self._round = rv
             self._waiting = 0
             self._lost = ()
+            self._restart = None
 
     def close(self, reason: str) -> str:
         """Closed locally with `reason` unless already closed; returns the reason that holds."""
@@ -125,6 +131,15 @@ class MembershipState:
             changed = lost != self._lost or waiting != self._waiting
             self._lost, self._waiting = lost, waiting
             return changed
+
+    def set_restart(self, rv: Round, reason: str) -> bool:
+        """A restart round follows round `rv` (`restarts.RestartWatch`); False if another round
+        started meanwhile or it was already known."""
+        with self._lock:
+            if self._round is not rv or self._restart == reason:
+                return False
+            self._restart = reason
+            return True
 
     def set_wakeup(self, wake: Callable[[], None]) -> None:
         with self._lock:

@@ -263,3 +263,36 @@ def test_a_node_stopped_by_a_signal_ends_a_job_that_cannot_go_on(agents: Agents,
     sigterm_the_second_node(agents, [*common, str(script)])
     assert agents.wait("a") == 1, agents.err("a")
     assert "was stopped by SIGTERM" in agents.err("a")
+
+
+FAIL_ONCE_SCRIPT = (
+    ENV_SCRIPT
+    + """
+import sys
+if sys.argv[1] == "b" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+    sys.exit(3)
+"""
+)
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_a_worker_failure_restarts_every_node_in_a_restart_round(agents: Agents, tmp_path: Path) -> None:
+    # A beat every 5 s and a last call of 60 s: a full round would be seen in the agents' lines
+    # ("waiting to join"); a restart round reaches node a through its blocking watch.
+    script = write_script(tmp_path, "fail_once.py", FAIL_ONCE_SCRIPT)
+    port = free_port()
+    conf = "join_timeout=60,last_call_timeout=60,heartbeat_timeout=15,keep_alive_interval=5,close_timeout=5"
+    common = [*c10d(port, "1:2"), "--rdzv-conf", conf, "--max-restarts", "1", "--nproc-per-node", "1"]
+    agents.start("a", [*common, str(script), "a"])
+    agents.start("b", [*common, str(script), "b"])
+    for name in ("a", "b"):
+        assert agents.wait(name) == 0, agents.err(name)
+    a, b = agents.envs("a"), agents.envs("b")
+    assert len(a) == len(b) == 2
+    assert [e["TORCHELASTIC_RESTART_COUNT"] for e in b] == ["0", "1"]
+    assert [e["TORCHELASTIC_RESTART_COUNT"] for e in a] == ["0", "0"]  # a's restart uses none of a's budget
+    assert a[0]["GROUP_RANK"] == a[1]["GROUP_RANK"] and a[1]["MASTER_PORT"] == b[1]["MASTER_PORT"]
+    assert "restarting the group: restart round: " in agents.err("a"), agents.err("a")
+    assert "waiting to join" not in agents.err("a")

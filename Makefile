@@ -45,6 +45,7 @@ bench: install-dev
 	$(PY) scripts/bench_rendezvous.py
 	$(PY) scripts/bench_recovery.py
 	$(PY) scripts/bench_restart.py
+	$(PY) scripts/bench_spare.py
 
 bench-quick: install-dev
 	$(PY) scripts/bench_launch.py --quick
@@ -52,6 +53,7 @@ bench-quick: install-dev
 	$(PY) scripts/bench_rendezvous.py --quick
 	$(PY) scripts/bench_recovery.py --quick
 	$(PY) scripts/bench_restart.py --quick
+	$(PY) scripts/bench_spare.py --quick
 
 clean:
 	rm -rf build dist *.egg-info bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -160,12 +160,7 @@ class Agent:
             woke = self._procs.wait(None)
             self._record_exits(woke.exits)
             self._handle_signals(woke.signals)
-            m = self._rdzv.membership()
-            if m != self._last_membership:
-                self._last_membership = m
-                self._bus.publish(
-                    ev.MembershipChanged(waiting=m.waiting, lost=m.lost, closed=m.closed, reason=m.reason)
-                )
+            m = self._note_membership()
             d = decide(
                 [w.state for w in self._group.workers],
                 self._group.failures.values(),
@@ -445,6 +440,18 @@ class Agent:
         except RendezvousError as e:
             self._message("warning", e.message)  # the rendezvous says "exit barrier: ..." itself
 
+    def _note_membership(self) -> Membership:
+        """The rendezvous' membership view, published as an event when it changed."""
+        m = self._rdzv.membership()
+        if m != self._last_membership:
+            self._last_membership = m
+            self._bus.publish(
+                ev.MembershipChanged(
+                    waiting=m.waiting, lost=m.lost, closed=m.closed, reason=m.reason, spare=m.spare, spares=m.spares
+                )
+            )
+        return m
+
     def _blocking(self, fn: Callable[[], T]) -> T:
         """Run a blocking rendezvous call in a thread so that signals are still handled."""
         box: dict[str, object] = {}
@@ -465,6 +472,8 @@ class Agent:
             self._handle_signals(woke.signals)
             if self._shutdown_signals:
                 raise _Interrupted(self._shutdown_signals[0])
+            if "done" not in box:
+                self._note_membership()  # e.g. this node now stands by as a spare
         t.join()
         if "error" in box:
             raise box["error"]  # type: ignore[misc]

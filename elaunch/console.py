@@ -270,6 +270,10 @@ def describe(e: ev.Event, view: RunView) -> str | None:
             parts.append(f"lost {', '.join(e.lost)}")
         if e.closed:
             parts.append(f"job closed: {e.reason}")
+        if e.spare:
+            parts.append("this node stands by as a spare (the running round is full): no workers until a node leaves")
+        if e.spares:
+            parts.append(f"spare(s) standing by: {', '.join(e.spares)}")
         return "membership: " + "; ".join(parts) if parts else None
     if isinstance(e, ev.SignalReceived):
         text = _SIGNAL_TEXT.get(e.action)

@@ -136,12 +136,15 @@ class RestartDecided(Event):
 
 @event
 class MembershipChanged(Event):
-    """Nodes are waiting to join, were lost, or the job was closed by a node."""
+    """Nodes are waiting to join, were lost, or the job was closed by a node; this node stands by
+    as a spare (`spare`), or spares stand by (`spares`: their hosts)."""
 
     waiting: int
     lost: tuple[str, ...]
     closed: bool
     reason: str | None
+    spare: bool = False
+    spares: tuple[str, ...] = ()
 
 
 @event

@@ -138,6 +138,8 @@ def summary_doc(view: RunView) -> dict[str, Any]:
         **summary_core(fin.result, fin.remote_failures),
         "restarts": view.restart_count,
         "membership_restarts": view.membership_restarts,
+        "stood_by_as_spare": view.stood_by,
+        "spares": list(view.membership.spares),
         "rounds": rounds,
         "workers": [worker_record(w) for w in sorted(view.all_workers, key=lambda w: (w.attempt, w.global_rank))],
     }

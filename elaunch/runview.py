@@ -98,6 +98,8 @@ class RunView(Value):
     rounds: tuple[RoundView, ...] = ()
     group_state: WorkerState = WorkerState.INIT
     membership: Membership = field(default_factory=Membership)
+    stood_by: bool = False
+    """This node stood by as a spare at some point (`--standby`)."""
     workers: tuple[WorkerRow, ...] = ()
     past_workers: tuple[WorkerRow, ...] = ()
     finished: Finished | None = None
@@ -258,8 +260,8 @@ def _restart(v: RunView, e: ev.RestartDecided) -> RunView:
 
 
 def _membership(v: RunView, e: ev.MembershipChanged) -> RunView:
-    m = Membership(waiting=e.waiting, lost=e.lost, closed=e.closed, reason=e.reason)
-    return replace(v, membership=m)
+    m = Membership(waiting=e.waiting, lost=e.lost, closed=e.closed, reason=e.reason, spare=e.spare, spares=e.spares)
+    return replace(v, membership=m, stood_by=v.stood_by or e.spare)
 
 
 def _finished(v: RunView, e: ev.RunFinished) -> RunView:

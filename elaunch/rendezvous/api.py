@@ -98,6 +98,8 @@ class RendezvousConfig(Value):
     use_libuv: bool = True
     etcd: EtcdOptions | None = None
     """etcd/etcd-v2 only."""
+    standby: int = 0
+    """`--standby K`: spare nodes expected beyond MAX; with K > 0 survivors keep their group ranks."""
     standalone: bool = False
     """The run id was made up for this run (`--standalone` or torchrun's one-node quirk)."""
 
@@ -152,6 +154,10 @@ class Membership(Value):
     reason: str | None = None
     restart: str | None = None
     """A node asked for a restart round (same group, workers restarted everywhere): who and why."""
+    spare: bool = False
+    """This node stands by as a spare: the running round is full (`--standby`)."""
+    spares: tuple[str, ...] = ()
+    """Hosts standing by as spares, as the running nodes see them."""
 
 
 @runtime_checkable

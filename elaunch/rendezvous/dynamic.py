@@ -11,6 +11,7 @@ joining, finalising and the exit barrier; the decisions are `rounds` functions, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousTimeoutError, StoreError
-from elaunch.rendezvous import rounds
+from elaunch.rendezvous import rounds, spares
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.ports import free_port
@@ -65,6 +66,7 @@ class DynamicRendezvous:
         master_priority: int = 0,
         strict_node_ranks: bool = False,
         owns_store: bool = True,
+        standby: int = 0,
     ) -> None:
         if not run_id or not 0 < min_nodes <= max_nodes:
             raise ValueError(
@@ -79,6 +81,7 @@ class DynamicRendezvous:
         self._prio = master_priority
         self._strict = strict_node_ranks
         self._owns = owns_store
+        self._keep_ranks = standby > 0 and not strict_node_ranks
         self._k = Keys(run_id)
         self._slice = self._s.beat_period
 
@@ -159,7 +162,7 @@ class DynamicRendezvous:
             elif rnd > 0:  # a job is running: if its round is full, stand by (see below)
                 running = rounds.decode_group(st.get(self._k.round(rnd - 1).final))
                 if rounds.round_is_full(len(running), self._max):
-                    self._standby(st, rnd - 1, running)
+                    self._standby(st, rnd - 1, running, me.host)
                     deadline = time.monotonic() + self._s.join_timeout
             rec = NodeRecord(self._id, me, self._prio)
             while True:
@@ -173,7 +176,7 @@ class DynamicRendezvous:
                     # The round is full: admitting us would push another node out. Stand by
                     # without counting as waiting (else the job would restart forever), until
                     # the round ends for another reason; then join the next one.
-                    self._standby(st, rnd, final)
+                    self._standby(st, rnd, final, me.host)
                     deadline = time.monotonic() + self._s.join_timeout
                 rnd += 1  # late: join the next round; that tells the running nodes we wait
             return self._completed(Round(rnd, tuple(final), rank))
@@ -370,18 +373,27 @@ class DynamicRendezvous:
                     st.append(k.gone, dead + "\n")
                     return self._finalise(st, rnd, deadline)
 
-    def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
+    def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord], host: str) -> None:
         """Block until a node of the full round `rnd` leaves it (`released` appears) or the job
         closes. No join timeout applies meanwhile (torch's "redundancy list"), but if the
         round's rank 0 stops beating and nobody releases it, the job is presumed dead and we
         go on to join (and time out there with a clear message) rather than wait forever."""
         released = self._k.round(rnd).released
         beat = Beat(self._s.heartbeat_timeout, self._slice)
-        while not st.wait([released], self._slice):
-            self._check(st)
-            stale = beat.stale(st.add(self._k.hb(group[0].id), 0), time.monotonic())
-            if stale and not st.check([released]):
-                return
+        spares.announce(st, self._k, self._id, host, standing_by=True)
+        if self._state.set_spare(True):
+            self._state.notify()
+        try:
+            while not st.wait([released], self._slice):
+                self._check(st)
+                st.add(self._k.hb(self._id), 1)  # a spare beats too: the running nodes may count on it
+                stale = beat.stale(st.add(self._k.hb(group[0].id), 0), time.monotonic())
+                if stale and not st.check([released]):
+                    return
+        finally:
+            with contextlib.suppress(StoreError):
+                spares.announce(st, self._k, self._id, host, standing_by=False)
+            self._state.set_spare(False)
 
     def _take_over(self, st: Store, rnd: int, expected: str) -> str:
         return st.compare_set(self._k.round(rnd).finaliser, expected, self._id).decode()
@@ -421,7 +433,12 @@ class DynamicRendezvous:
         except _Superseded:
             return self._await_final(st, rnd, deadline)
         try:
-            ordered = order_nodes(live, self._max, strict=self._strict)
+            if self._keep_ranks and rnd > 0 and st.check([k.round(rnd - 1).final]):
+                previous = rounds.decode_group(st.get(k.round(rnd - 1).final))
+                kept = spares.keep_group_ranks(live, previous)
+                ordered = spares.as_published(order_nodes(kept, self._max), live)
+            else:
+                ordered = order_nodes(live, self._max, strict=self._strict)
         except ValueError as e:
             reason = rounds.strict_ranks_reason(e, self._max)
             st.compare_set(k.closed, "", reason)

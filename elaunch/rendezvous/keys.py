@@ -76,6 +76,8 @@ class Keys:
         """List of JSON strings: the failure summaries nodes published."""
         self.bye = f"{p}/bye"
         """Counter of nodes that said goodbye in `shutdown`."""
+        self.spares = f"{p}/spares"
+        """Lines `+<id> <host>` / `-<id> <host>`: nodes that stand by as spares, and stopped (`spares`)."""
 
     def hb(self, node_id: str) -> str:
         """Heartbeat counter of node `node_id` (its id URL-quoted)."""

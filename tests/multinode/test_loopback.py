@@ -296,3 +296,46 @@ def test_a_worker_failure_restarts_every_node_in_a_restart_round(agents: Agents,
     assert a[0]["GROUP_RANK"] == a[1]["GROUP_RANK"] and a[1]["MASTER_PORT"] == b[1]["MASTER_PORT"]
     assert "restarting the group: restart round: " in agents.err("a"), agents.err("a")
     assert "waiting to join" not in agents.err("a")
+
+
+SPARE_SCRIPT = (
+    ENV_SCRIPT
+    + """
+import sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+"""
+)
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(180)
+def test_a_hot_spare_takes_the_group_rank_of_a_killed_node(agents: Agents, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "spare.py", SPARE_SCRIPT)
+    stop = tmp_path / "stop"
+    common = [*c10d(free_port()), "--standby", "1", "--max-restarts", "0", "--nproc-per-node", "1"]
+
+    def start(name: str) -> None:
+        agents.start(name, [*common, "--summary-file", str(tmp_path / f"{name}.json"), str(script), str(stop)])
+
+    start("a")
+    start("b")
+    wait_until(lambda: len(agents.envs("a")) == len(agents.envs("b")) == 1, 60, "a and b to run their workers")
+    start("c")
+    wait_until(lambda: "stands by as a spare" in agents.err("c"), 60, "c to stand by")
+    wait_until(lambda: "spare(s) standing by: " in agents.err("a"), 30, "a to see the spare")
+    assert agents.envs("c") == []
+    # kill group rank 1: rank 0 hosts the store (a or b, whichever bound the port first)
+    victim, survivor = ("a", "b") if agents.envs("a")[0]["GROUP_RANK"] == "1" else ("b", "a")
+    agents.procs[victim].kill()
+    wait_until(lambda: agents.envs("c"), 60, "the spare's worker to run")
+    (spare,) = agents.envs("c")
+    assert spare["GROUP_RANK"] == "1" and spare["GROUP_WORLD_SIZE"] == "2"
+    assert agents.envs(survivor)[-1]["GROUP_RANK"] == "0"
+    stop.touch()
+    for name in (survivor, "c"):
+        assert agents.wait(name) == 0, agents.err(name)  # --max-restarts 0: the take-over used none
+    summary = json.loads((tmp_path / "c.json").read_text())
+    assert summary["stood_by_as_spare"] is True and summary["state"] == "SUCCEEDED"
+    assert json.loads((tmp_path / f"{survivor}.json").read_text())["stood_by_as_spare"] is False

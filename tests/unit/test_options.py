@@ -67,3 +67,17 @@ def test_etcd_certificates_must_exist(tmp_path: Path) -> None:
     assert c.rdzv.etcd is not None and c.rdzv.etcd.ca_cert == str(ca) and c.rdzv.endpoint.port == 2379  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="no such file"):
         config(tmp_path, *etcd, "--rdzv-conf", f"protocol=https,cacert={tmp_path / 'none.pem'}")
+
+
+def test_standby_is_elaunchs_own_and_needs_an_elastic_backend(tmp_path: Path) -> None:
+    base = ("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h:1")
+    assert config(tmp_path, *base).rdzv.standby == 0
+    assert config(tmp_path, *base, "--standby", "2").rdzv.standby == 2
+    assert config(tmp_path, *base, env={"ELAUNCH_STANDBY": "1"}).rdzv.standby == 1
+    one = config(tmp_path, "--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h:1", "--standby", "1")
+    assert (one.rdzv.backend, one.rdzv.max_nodes, one.rdzv.standby) == ("c10d", 1, 1)  # one active node, one spare
+    with pytest.raises(ConfigError, match="--standby: expected a whole number"):
+        config(tmp_path, *base, "--standby", "x")
+    with pytest.raises(ConfigError, match="--standby needs --rdzv-backend c10d or etcd"):
+        config(tmp_path, "--nnodes", "2", "--master-port", "29511", "--standby", "1")
+    assert config(tmp_path, "--stand").rdzv.standalone  # torchrun's prefix of --standalone keeps its meaning

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from elaunch import events as ev
 from elaunch.errors import RendezvousClosedError, RendezvousError, WorkerStartError
@@ -33,6 +33,9 @@ from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous
 from elaunch.signals import signal_name
 from elaunch.spec import RunResult, Worker, WorkerFailure, WorkerGroup, WorkerPlan, WorkerSpec, WorkerState
 from elaunch.workers import Exit, Wakeup
+
+if TYPE_CHECKING:
+    from elaunch.health import HealthReport
 
 T = TypeVar("T")
 KILL_WAIT = 5.0
@@ -63,6 +66,16 @@ class ErrorFiles(Protocol):
     def error_file(self, attempt: int, local_rank: int) -> str: ...
 
 
+class _Unhealthy(Exception):
+    """This node's health check failed before a round: it does not join."""
+
+    def __init__(self, report: HealthReport) -> None:
+        from elaunch.health import failure_text  # only when --health-check is on
+
+        super().__init__(failure_text(report))
+        self.report = report
+
+
 class _Interrupted(Exception):
     def __init__(self, sig: int) -> None:
         super().__init__(signal_name(sig))
@@ -87,6 +100,7 @@ class Agent:
         signals: SignalPolicy,
         node_rank: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        health: Callable[[], HealthReport] | None = None,
     ) -> None:
         self.spec = spec
         self._rdzv = rdzv
@@ -106,6 +120,7 @@ class Agent:
         self._stop_signal: int | None = None
         self._last_membership = Membership()
         self._published: str | None = None
+        self._health = health
         rdzv.set_wakeup(procs.wake)
 
     # -- public ---------------------------------------------------------------------------
@@ -136,6 +151,8 @@ class Agent:
             self._stop_workers(intr.sig)
             note = self._leave(f"{self._host} was stopped by {signal_name(intr.sig)}")
             result = self._result(WorkerState.STOPPED, interrupted_by=intr.sig, message=note)
+        except _Unhealthy as bad:
+            result = self._result(WorkerState.FAILED, message=self._leave_unhealthy(bad))
         except RendezvousClosedError as e:
             self._stop_workers(signal.SIGTERM)
             result = self._result(WorkerState.FAILED, message=f"the job was closed: {e.message}")
@@ -144,7 +161,7 @@ class Agent:
             self._close(f"{self._host}: {e.message}")
             result = self._result(WorkerState.FAILED, message=e.message)
         remote: tuple[str, ...] = ()
-        if result.state != WorkerState.SUCCEEDED:
+        if result.state != WorkerState.SUCCEEDED or self._health is not None:  # (a node that left unhealthy)
             try:
                 remote = tuple(f for f in self._rdzv.failures() if f != self._published)
             except RendezvousError:
@@ -210,6 +227,33 @@ class Agent:
         self._restart_workers()
         return None
 
+    def _check_health(self) -> None:
+        """Run `--health-check` (in a thread: signals are still handled); raise `_Unhealthy` if it failed."""
+        check = self._health
+        if check is None:
+            return
+        r = self._blocking(check)
+        self._bus.publish(
+            ev.HealthChecked(ok=r.ok, check=r.check, detail=r.detail, last_lines=r.last_lines, duration=r.duration)
+        )
+        if not r.ok:
+            raise _Unhealthy(r)
+
+    def _leave_unhealthy(self, bad: _Unhealthy) -> str:
+        """This node failed its health check: tell every node (their reports name it), then leave
+        the job (the others go on: a spare fills in, or the group shrinks within MIN) or, when
+        they cannot go on without it, close it. Before its first round it just does not join."""
+        text = str(bad)
+        try:
+            self._rdzv.publish_failure(text)
+            self._published = text
+        except RendezvousError:
+            pass
+        if self._attempt == 0:
+            return text if self._rdzv.max_nodes == 1 else f"{text}\nthe other nodes go on without it if they can"
+        note = self._leave(text)
+        return f"{text}\n{note}" if note else f"{text}\nthe job was closed: the other nodes cannot go on without it"
+
     def _request_restart_round(self, reason: str) -> None:
         """Ask the other nodes to restart with us at once (a restart round, when membership is
         unchanged: see rendezvous/restarts.py); if the store cannot be told, a full round follows."""
@@ -222,6 +266,7 @@ class Agent:
         self._attempt += 1
         self._set_group_state(WorkerState.INIT)
         self._bus.publish(ev.RendezvousStarted(attempt=self._attempt))
+        self._check_health()
         t0 = self._clock()
         me = NodeInfo(
             host=self._host, role=self.spec.role, local_world_size=self.spec.local_world_size, node_rank=self._node_rank

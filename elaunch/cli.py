@@ -103,6 +103,13 @@ OPTIONS: tuple[Opt, ...] = (
         help="Hot spares: nodes beyond --nnodes MAX stand by (no workers, heartbeats) and one takes the group "
         "rank of an active node that is lost or gives up; K is how many are expected.",
     ),
+    Opt(
+        "--health-check",
+        own=True,
+        help="Before each rendezvous round: `builtin` (script and --log-dir writable, GPUs free of other "
+        "processes) or a shell command run after those; a node whose check fails does not join.",
+    ),
+    Opt("--health-check-timeout", own=True, default="60", help="Seconds a --health-check may take."),
     Opt("--exit-barrier-timeout", own=True, default="300", help="Seconds to wait for the other nodes at the end."),
     Opt(
         "--log-line-prefix",

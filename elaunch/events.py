@@ -165,6 +165,17 @@ class Message(Event):
 
 
 @event
+class HealthChecked(Event):
+    """This node's health check before a round (`--health-check`): passed, or it does not join."""
+
+    ok: bool
+    check: str
+    detail: str
+    last_lines: tuple[str, ...] = ()
+    duration: float = 0.0
+
+
+@event
 class RunFinished(Event):
     """The run ended; `remote_failures` are root causes published by other nodes."""
 

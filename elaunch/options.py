@@ -291,6 +291,8 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         exit_barrier_timeout=barrier,
         virtual_local_rank=bool(opts["virtual_local_rank"]),
         progress_pattern=cfg.parse_progress_pattern(opts["progress_pattern"]),
+        health_check=(opts["health_check"] or "").strip() or None,
+        health_check_timeout=cfg.parse_seconds(opts["health_check_timeout"], "--health-check-timeout"),
         warnings=tuple(warnings),
         dry_run=bool(opts["dry_run"]),
         sources=sources,

@@ -139,10 +139,19 @@ def summary_doc(view: RunView) -> dict[str, Any]:
         "restarts": view.restart_count,
         "membership_restarts": view.membership_restarts,
         "stood_by_as_spare": view.stood_by,
+        "health_checks": view.health_checks,
+        "health_check_failed": _health_record(view.health_failed),
         "spares": list(view.membership.spares),
         "rounds": rounds,
         "workers": [worker_record(w) for w in sorted(view.all_workers, key=lambda w: (w.attempt, w.global_rank))],
     }
+
+
+def _health_record(e: ev.HealthChecked | None) -> dict[str, Any] | None:
+    """The failed health check in the summary (None: none failed)."""
+    if e is None:
+        return None
+    return {"check": e.check, "detail": e.detail, "last_lines": list(e.last_lines)}
 
 
 class EventsFile:

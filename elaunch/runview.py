@@ -100,6 +100,10 @@ class RunView(Value):
     membership: Membership = field(default_factory=Membership)
     stood_by: bool = False
     """This node stood by as a spare at some point (`--standby`)."""
+    health_checks: int = 0
+    """Health checks run before rounds (`--health-check`)."""
+    health_failed: ev.HealthChecked | None = None
+    """The check that failed (this node then left the job), else None."""
     workers: tuple[WorkerRow, ...] = ()
     past_workers: tuple[WorkerRow, ...] = ()
     finished: Finished | None = None
@@ -264,6 +268,10 @@ def _membership(v: RunView, e: ev.MembershipChanged) -> RunView:
     return replace(v, membership=m, stood_by=v.stood_by or e.spare)
 
 
+def _health(v: RunView, e: ev.HealthChecked) -> RunView:
+    return replace(v, health_checks=v.health_checks + 1, health_failed=None if e.ok else e)
+
+
 def _finished(v: RunView, e: ev.RunFinished) -> RunView:
     return replace(v, finished=Finished(result=e.result, remote_failures=e.remote_failures, ts=e.ts))
 
@@ -279,6 +287,7 @@ _STEPS: dict[type[ev.Event], Callable[[RunView, Any], RunView]] = {
     ev.WorkerProgress: _progress,
     ev.RestartDecided: _restart,
     ev.MembershipChanged: _membership,
+    ev.HealthChecked: _health,
     ev.RunFinished: _finished,
 }
 

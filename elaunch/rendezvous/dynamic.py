@@ -26,7 +26,7 @@ from elaunch.rendezvous import rounds, spares
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.ports import free_port
-from elaunch.rendezvous.restarts import RestartWatch, join_restart, publish_restart
+from elaunch.rendezvous.restarts import RestartWatch, join_restart, publish_restart, report_missing
 from elaunch.rendezvous.rounds import LastCall, NodeRecord, Placement, Round, order_nodes
 from elaunch.rendezvous.store import Store
 from elaunch.rendezvous.watcher import STORE_LOST, Beat, ControlConnection, MembershipState, Watcher, release_slot
@@ -155,7 +155,12 @@ class DynamicRendezvous:
 
                 fast = join_restart(st, self._k, self._id, prev, me.master_port, wait)
                 if fast is not None:
-                    return self._completed(fast)
+                    info = self._completed(fast)
+                    # nodes found lost, or that left, while it formed: lost in it at once
+                    missing = report_missing(st, self._k, prev, fast)
+                    if missing and self._state.update(fast, missing, 0):
+                        self._state.notify()
+                    return info
             rnd = rounds.round_to_join(None if prev is None else prev.number, int(st.get(self._k.open_round)))
             if prev is not None:
                 release_slot(st, self._k, prev, prev.rank, self._id)
@@ -236,17 +241,22 @@ class DynamicRendezvous:
         Returns True when the job goes on. Raises `StoreError` if the store cannot be told."""
         rv = self._state.round
         others = None if rv is None else rv.size - 1 - len(self._state.lost)
+        hosts_store = bool(getattr(self._store, "is_host", False))
+        spare_count = 0
+        if rv is not None and self._min == self._max and self._state.closed is None:
+            with self._ctl.use() as ctl:  # read now: the view is a beat old
+                spare_count = len(spares.read_spares(ctl, self._k, {r.id for r in rv.nodes}))
         if self._state.closed is not None or not rounds.can_leave(
-            self._min, self._max, others, hosts_store=bool(getattr(self._store, "is_host", False))
+            self._min, self._max, others, hosts_store, spare_count
         ):
             self.set_closed(reason)
             return False
         assert rv is not None
         me = rv.nodes[rv.rank]
         with self._ctl.use() as ctl:
+            ctl.append(self._k.gone, self._id + "\n")  # first: a restart round sees it gone once `done`
             if release_slot(ctl, self._k, rv, rv.rank, f"left:{self._id}"):
                 ctl.append(self._k.round(rv.number).lost, rounds.lost_line(rv.rank, me.info.host, self._id))
-            ctl.append(self._k.gone, self._id + "\n")
         return True
 
     def exit_barrier(self, timeout: float) -> None:

@@ -22,6 +22,7 @@ class RoundKeys:
         "master_port",
         "nodes",
         "number",
+        "rejoined",
         "released",
     )
 
@@ -46,6 +47,8 @@ class RoundKeys:
         """Counter of nodes that reached the exit barrier."""
         self.exit_done = f"{r}/exit_done"
         """Marker set by the last node to reach the exit barrier."""
+        self.rejoined = f"{r}/rejoined"
+        """Counter of nodes that left this round for the restart round after it (`restarts.join_restart`)."""
         self.master_port = f"{r}/master_port"
         """A restart round's MASTER_PORT, set by its group rank 0 (`restarts.join_restart`)."""
 

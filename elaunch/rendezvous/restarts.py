@@ -106,12 +106,37 @@ def join_restart(
         return None
     if rank == 0:
         st.compare_set(nxt.master_port, "", str(master_port))
+    st.add(keys.round(rv.number).rejoined, 1)  # before the release: counted once `done` is seen
     release_slot(st, keys, rv, rv.rank, node_id)
     if not wait_done(keys.round(rv.number).done) or not wait_done(nxt.master_port):
         return None
     port = int(st.get(nxt.master_port))
     st.compare_set(keys.open_round, str(rv.number + 1), str(rv.number + 2))
     return Round(rv.number + 1, with_master_port(group, port), rank)
+
+
+def missing_ranks(rels: Sequence[bytes], group: Sequence[NodeRecord]) -> list[int]:
+    """Group ranks of a round whose slot was not released by the node itself when the round ended
+    (`R/rel/<g>` holds who released it: a watcher that found it lost, or `left:` when it left)."""
+    return [g for g, (by, r) in enumerate(zip(rels, group, strict=True)) if by.decode(errors="replace") != r.id]
+
+
+def report_missing(st: Store, keys: Keys, prev: Round, new: Round) -> tuple[str, ...]:
+    """Members of restart round `new` that did not come back from `prev` (found lost while it
+    ended, or left it: a failed health check): release their slots of `new` and list them in its
+    `R/lost` at once, instead of a heartbeat timeout later; returns their hosts (every node does the
+    same; the slot's `compare_set` makes one report each). 1 operation when everybody came back."""
+    rk = keys.round(prev.number)
+    if st.add(rk.rejoined, 0) >= prev.size:
+        return ()
+    rels = st.multi_get([rk.rel(g) for g in range(prev.size)])
+    hosts = []
+    for g in missing_ranks(rels, prev.nodes):
+        r = new.nodes[g]
+        if release_slot(st, keys, new, g, f"missing:{r.id}"):
+            st.append(keys.round(new.number).lost, rounds.lost_line(g, r.info.host, r.id))
+        hosts.append(r.info.host)
+    return tuple(hosts)
 
 
 class RestartWatch:
@@ -193,8 +218,10 @@ __all__ = [
     "RestartWatch",
     "join_restart",
     "may_restart_in_place",
+    "missing_ranks",
     "publish_restart",
     "rank_in",
+    "report_missing",
     "restart_payload",
     "restart_reason",
     "with_master_port",

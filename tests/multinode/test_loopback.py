@@ -339,3 +339,50 @@ def test_a_hot_spare_takes_the_group_rank_of_a_killed_node(agents: Agents, tmp_p
     summary = json.loads((tmp_path / "c.json").read_text())
     assert summary["stood_by_as_spare"] is True and summary["state"] == "SUCCEEDED"
     assert json.loads((tmp_path / f"{survivor}.json").read_text())["stood_by_as_spare"] is False
+
+
+HEALTH_SCRIPT = (
+    ENV_SCRIPT
+    + """
+import sys, time
+tmp, me = sys.argv[1], sys.argv[2]
+while not os.path.exists(os.path.join(tmp, "stop")):
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and os.path.exists(os.path.join(tmp, "crash-" + me)):
+        sys.exit(1)
+    time.sleep(0.05)
+"""
+)
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(180)
+def test_a_node_failing_its_health_check_leaves_and_a_spare_fills_in(agents: Agents, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "health.py", HEALTH_SCRIPT)
+    common = [*c10d(free_port()), "--standby", "1", "--max-restarts", "1", "--nproc-per-node", "1"]
+
+    def start(name: str) -> None:
+        check = f"echo checking node {name}; test ! -e {tmp_path}/bad-{name}"
+        agents.start(name, [*common, "--health-check", check, str(script), str(tmp_path), name])
+
+    start("a")
+    start("b")
+    wait_until(lambda: len(agents.envs("a")) == len(agents.envs("b")) == 1, 60, "a and b to run their workers")
+    start("c")
+    wait_until(lambda: "stands by as a spare" in agents.err("c"), 60, "c to stand by")
+    # group rank 1 does not host the store: it can leave. Its check will fail before the next round.
+    victim, survivor = ("a", "b") if agents.envs("a")[0]["GROUP_RANK"] == "1" else ("b", "a")
+    (tmp_path / f"bad-{victim}").touch()
+    (tmp_path / f"crash-{victim}").touch()
+    assert agents.wait(victim) == 1
+    wait_until(lambda: agents.envs("c"), 60, "the spare's worker to run")
+    assert agents.envs("c")[0]["GROUP_RANK"] == "1" and agents.envs("c")[0]["GROUP_WORLD_SIZE"] == "2"
+    (tmp_path / "stop").touch()
+    for name in (survivor, "c"):
+        assert agents.wait(name) == 0, agents.err(name)
+    failed = agents.err(victim)
+    assert "health check FAILED" in failed and f"checking node {victim}" in failed
+    assert "left the job; the other nodes go on without it" in failed
+    for name in (survivor, "c"):  # every node's report names the host and the check's last lines
+        report = agents.err(name).split("job SUCCEEDED", 1)[1]
+        assert "health check failed" in report and f"checking node {victim}" in report, report

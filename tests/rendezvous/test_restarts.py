@@ -136,3 +136,47 @@ def test_two_nodes_asking_at_once_share_one_restart_round() -> None:
         assert [x.round for x in join_all(rs)] == [2, 2]
     finally:
         shutdown_all(rs)
+
+
+@pytest.mark.timeout(30)
+def test_a_node_that_leaves_while_a_restart_round_forms_is_lost_in_it_at_once() -> None:
+    # A heartbeat timeout of 60 s: only report_gone can make b lost within the test's timeout.
+    conf = {**FAST, "heartbeat_timeout": 60.0, "keep_alive_interval": 0.2}
+    rs = nodes(MemoryStore(), 3, 2, 3, conf=conf)
+    a, b, c = rs
+    try:
+        join_all(rs)
+        assert b.request_restart("h1: worker failed")
+        assert b.leave("h1: health check failed")  # elastic, two others left: it may leave
+        r1 = [Call(lambda r=r, i=i: r.next_rendezvous(info(f"h{i}")), f"h{i}") for i, r in ((0, a), (2, c))]
+        assert [x.result().round for x in r1] == [1, 1]
+        assert a.membership().lost == ("h1",) and c.membership().lost == ("h1",)
+        r2 = join_all([a, c])
+        assert [x.group_world_size for x in r2] == [2, 2]
+    finally:
+        shutdown_all(rs)
+
+
+@pytest.mark.timeout(30)
+def test_a_node_lost_while_a_restart_round_forms_is_lost_in_it_at_once() -> None:
+    # b dies (its connection cut) right after a asked for a restart round, as when a peer's crash
+    # makes a's collective fail first: a and c wait for b's slot (found lost after 1 s), then
+    # report it lost in the restart round at once rather than after another heartbeat timeout.
+    rs = nodes(MemoryStore(), 3, 2, 3, severable=True)
+    a, b, c = rs
+    try:
+        join_all(rs)
+        assert a.request_restart("h0: connection reset by peer")
+        b._store.cut()  # type: ignore[attr-defined]
+        r1 = [Call(lambda r=r, i=i: r.next_rendezvous(info(f"h{i}")), f"h{i}") for i, r in ((0, a), (2, c))]
+        assert [x.result().round for x in r1] == [1, 1]
+        assert a.membership().lost == ("h1",) and c.membership().lost == ("h1",)
+        assert [x.group_world_size for x in join_all([a, c])] == [2, 2]
+    finally:
+        shutdown_all(rs)
+
+
+def test_missing_ranks_are_slots_released_by_someone_else() -> None:
+    group = [NodeRecord(i, info(f"h{i}")) for i in ("a", "b", "c")]
+    assert restarts.missing_ranks([b"a", b"lost:a", b"left:c"], group) == [1, 2]
+    assert restarts.missing_ranks([b"a", b"b", b"c"], group) == []

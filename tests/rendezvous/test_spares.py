@@ -79,3 +79,13 @@ def test_with_standby_the_spare_takes_the_group_rank_of_the_lost_node() -> None:
     finally:
         shutdown_all(rs)
     assert wait_until(lambda: [t for t in rdzv_threads() if t not in before] == [] or None, 5, "threads to stop")
+
+
+def test_a_node_may_leave_a_fixed_size_job_when_a_spare_stands_by() -> None:
+    from elaunch.rendezvous.rounds import can_leave
+
+    assert not can_leave(2, 2, 1, hosts_store=False)  # MIN = MAX and nobody to take its place
+    assert can_leave(2, 2, 1, hosts_store=False, spares=1)
+    assert not can_leave(2, 2, 1, hosts_store=True, spares=1)  # the others would lose the store
+    assert not can_leave(3, 3, 1, hosts_store=False, spares=1)  # 1 + 1 < MIN
+    assert can_leave(2, 3, 2, hosts_store=False) and not can_leave(2, 3, None, hosts_store=False)

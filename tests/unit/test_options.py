@@ -81,3 +81,12 @@ def test_standby_is_elaunchs_own_and_needs_an_elastic_backend(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="--standby needs --rdzv-backend c10d or etcd"):
         config(tmp_path, "--nnodes", "2", "--master-port", "29511", "--standby", "1")
     assert config(tmp_path, "--stand").rdzv.standalone  # torchrun's prefix of --standalone keeps its meaning
+
+
+def test_health_check_options(tmp_path: Path) -> None:
+    c = config(tmp_path)
+    assert (c.health_check, c.health_check_timeout) == (None, 60.0)
+    c = config(tmp_path, "--health-check", "builtin", "--health-check-timeout", "2.5")
+    assert (c.health_check, c.health_check_timeout) == ("builtin", 2.5)
+    with pytest.raises(ConfigError, match="--health-check-timeout"):
+        config(tmp_path, "--health-check", "true", "--health-check-timeout", "0")

@@ -399,11 +399,12 @@ def test_a_node_failing_its_health_check_is_replaced_by_a_hot_spare(
     job.wait(lambda: "stands by as a spare" in job.err(3), START, "host3 to stand by as a spare")
     job.wait(lambda: "spare(s) standing by: host3" in job.err(1), 30, "host1 to see the spare")
     (tmp_path / "bad-host2").touch()
-    workers = [p for p in job.cluster.pids(2) if "ddp_worker" in (cmdline(p) or "")]
+    agent = job.agents[2].pid
+    workers = [p for p in job.cluster.pids(2) if p != agent and (cmdline(p) or "").split()[1:2] == [str(WORKER)]]
     assert workers, job.diagnostics()
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
-    assert job.exit_code(2, RECOVER) == 1, job.diagnostics()
+    assert job.exit_code(2, RECOVER) != 0, job.diagnostics()  # 137: its worker was SIGKILLed first
     job.wait_training(2, (1, 3), RECOVER)
     job.release()
     for i in (1, 3):

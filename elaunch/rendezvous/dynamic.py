@@ -254,7 +254,7 @@ class DynamicRendezvous:
         assert rv is not None
         me = rv.nodes[rv.rank]
         with self._ctl.use() as ctl:
-            ctl.append(self._k.gone, self._id + "\n")  # first: a restart round sees it gone once `done`
+            ctl.append(self._k.gone, self._id + "\n")  # first: no finaliser waits for it once it is released
             if release_slot(ctl, self._k, rv, rv.rank, f"left:{self._id}"):
                 ctl.append(self._k.round(rv.number).lost, rounds.lost_line(rv.rank, me.info.host, self._id))
         return True

@@ -268,9 +268,14 @@ def test_a_node_stopped_by_a_signal_ends_a_job_that_cannot_go_on(agents: Agents,
 FAIL_ONCE_SCRIPT = (
     ENV_SCRIPT
     + """
-import sys
-if sys.argv[1] == "b" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
-    sys.exit(3)
+import sys, time
+me, flag = sys.argv[1], sys.argv[2]
+if me == "b":
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        sys.exit(3)
+    open(flag, "w").close()
+while not os.path.exists(flag):  # node a runs until b's restarted worker did (not into the exit barrier)
+    time.sleep(0.05)
 """
 )
 
@@ -285,8 +290,9 @@ def test_a_worker_failure_restarts_every_node_in_a_restart_round(agents: Agents,
     port = free_port()
     conf = "join_timeout=60,last_call_timeout=60,heartbeat_timeout=15,keep_alive_interval=5,close_timeout=5"
     common = [*c10d(port, "1:2"), "--rdzv-conf", conf, "--max-restarts", "1", "--nproc-per-node", "1"]
-    agents.start("a", [*common, str(script), "a"])
-    agents.start("b", [*common, str(script), "b"])
+    flag = str(tmp_path / "b-restarted")
+    agents.start("a", [*common, str(script), "a", flag])
+    agents.start("b", [*common, str(script), "b", flag])
     for name in ("a", "b"):
         assert agents.wait(name) == 0, agents.err(name)
     a, b = agents.envs("a"), agents.envs("b")

@@ -392,3 +392,28 @@ def test_a_node_failing_its_health_check_leaves_and_a_spare_fills_in(agents: Age
     for name in (survivor, "c"):  # every node's report names the host and the check's last lines
         report = agents.err(name).split("job SUCCEEDED", 1)[1]
         assert "health check failed" in report and f"checking node {victim}" in report, report
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_a_node_failing_its_first_health_check_does_not_join_and_the_job_shrinks(
+    agents: Agents, tmp_path: Path
+) -> None:
+    script = write_script(tmp_path, "spare.py", SPARE_SCRIPT)  # runs until the stop file exists
+    stop = tmp_path / "stop"
+    common = [*c10d(free_port(), "2:3"), "--nproc-per-node", "1"]
+    for name in ("a", "b", "c"):
+        check = f"echo checking node {name}; echo no space left on device >&2; test {name} != c"
+        agents.start(name, [*common, "--health-check", check, str(script), str(stop)])
+        if name == "a":  # a hosts the store (c's leaving must not take it away): its check runs after
+            wait_until(lambda: "health check passed" in agents.err("a"), 60, "a to host the store")
+    assert agents.wait("c") == 1
+    stop.touch()
+    for name in ("a", "b"):
+        assert agents.wait(name) == 0, agents.err(name)
+        assert {e["WORLD_SIZE"] for e in agents.envs(name)} == {"2"}
+        report = agents.err(name).split("job SUCCEEDED", 1)[1]
+        assert "health check failed" in report and "no space left on device" in report, report
+    assert agents.envs("c") == []
+    assert "the other nodes go on without it if they can" in agents.err("c")

@@ -61,6 +61,8 @@ bench: install-dev
 	$(PY) scripts/bench_recovery.py
 	$(PY) scripts/bench_hangs.py
 	$(PY) scripts/bench_api.py
+	$(PY) scripts/bench_restart.py
+	$(PY) scripts/bench_spare.py
 
 bench-quick: install-dev
 	$(PY) scripts/bench_launch.py --quick
@@ -70,6 +72,8 @@ bench-quick: install-dev
 	$(PY) scripts/bench_recovery.py --quick
 	$(PY) scripts/bench_hangs.py --quick
 	$(PY) scripts/bench_api.py --quick
+	$(PY) scripts/bench_restart.py --quick
+	$(PY) scripts/bench_spare.py --quick
 
 clean:
 	rm -rf build dist *.egg-info bench-results .pytest_cache .mypy_cache .ruff_cache $(VENV)

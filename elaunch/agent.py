@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from elaunch import events as ev
 from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousRefusedError, WorkerStartError
@@ -39,6 +39,9 @@ from elaunch.spec import RunResult, Worker, WorkerFailure, WorkerGroup, WorkerPl
 from elaunch.values import replace
 from elaunch.watchdog import Hang, Watchdog, cgroup_oom_kills, python_stacks
 from elaunch.workers import Exit, Wakeup
+
+if TYPE_CHECKING:
+    from elaunch.health import HealthReport
 
 T = TypeVar("T")
 KILL_WAIT = 5.0
@@ -72,6 +75,16 @@ class ErrorFiles(Protocol):
     def error_file(self, attempt: int, local_rank: int) -> str: ...
 
 
+class _Unhealthy(Exception):
+    """This node's health check failed before a round: it does not join."""
+
+    def __init__(self, report: HealthReport) -> None:
+        from elaunch.health import failure_text  # only when --health-check is on
+
+        super().__init__(failure_text(report))
+        self.report = report
+
+
 class _Interrupted(Exception):
     def __init__(self, sig: int) -> None:
         super().__init__(signal_name(sig))
@@ -98,6 +111,7 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         supervision: Supervision | None = None,
         watch: Watchdog | None = None,
+        health: Callable[[], HealthReport] | None = None,
     ) -> None:
         """`supervision`: restart rules and hang settings (defaults: no watch, restarts at once);
         `watch`: the hang watch and progress source (None: no hang detection, and the rule of the
@@ -129,6 +143,7 @@ class Agent:
         """When the current failure was decided (monotonic): the `stop` phase runs from there."""
         self._spawned: float | None = None
         """When this attempt's workers were all started (monotonic), until its first progress is told."""
+        self._health = health
         rdzv.set_wakeup(procs.wake)
 
     # -- public ---------------------------------------------------------------------------
@@ -159,6 +174,8 @@ class Agent:
             self._stop_workers(intr.sig)
             note = self._leave(f"{self._node_name} was stopped by {signal_name(intr.sig)}")
             result = self._result(WorkerState.STOPPED, interrupted_by=intr.sig, message=note)
+        except _Unhealthy as bad:
+            result = self._result(WorkerState.FAILED, message=self._leave_unhealthy(bad))
         except RendezvousClosedError as e:
             self._stop_workers(signal.SIGTERM)
             result = self._result(WorkerState.FAILED, message=f"the job was closed: {e.message}")
@@ -170,9 +187,9 @@ class Agent:
             self._close(f"{self._host}: {e.message}")
             result = self._result(WorkerState.FAILED, message=e.message)
         remote: tuple[str, ...] = ()
-        if result.state != WorkerState.SUCCEEDED:
+        if result.state != WorkerState.SUCCEEDED or self._health is not None:  # (a node that left unhealthy)
             remote, causes = self._remote_failures(result)
-            if causes:
+            if causes and result.state != WorkerState.SUCCEEDED:
                 result = replace(result, remote_causes=causes)
             cause = result.root_cause
             if cause is not None and not cause.restartable and result.interrupted_by is None:
@@ -196,12 +213,7 @@ class Agent:
                 hangs = self._watch.check(self._procs.running())
                 if hangs:
                     self._record_hangs(hangs)
-            m = self._rdzv.membership()
-            if m != self._last_membership:
-                self._last_membership = m
-                self._bus.publish(
-                    ev.MembershipChanged(waiting=m.waiting, lost=m.lost, closed=m.closed, reason=m.reason)
-                )
+            m = self._note_membership()
             d = decide(
                 [w.state for w in self._group.workers],
                 self._group.failures.values(),
@@ -233,6 +245,7 @@ class Agent:
             refused = self._refusal(d.cause, retrying=d.action == Action.RESTART)
             if d.action == Action.RESTART and refused is None:
                 self._restarts_left -= 1
+                self._request_restart_round(reason)
                 self._publish_restart(reason, membership=False)
                 self._restart_workers(
                     backoff_delay(self.restart_count, self._sup.restart_backoff, self._sup.restart_backoff_max)
@@ -264,10 +277,46 @@ class Agent:
         self._restart_workers()
         return None
 
+    def _check_health(self) -> None:
+        """Run `--health-check` (in a thread: signals are still handled); raise `_Unhealthy` if it failed."""
+        check = self._health
+        if check is None:
+            return
+        r = self._blocking(check)
+        self._bus.publish(
+            ev.HealthChecked(ok=r.ok, check=r.check, detail=r.detail, last_lines=r.last_lines, duration=r.duration)
+        )
+        if not r.ok:
+            raise _Unhealthy(r)
+
+    def _leave_unhealthy(self, bad: _Unhealthy) -> str:
+        """This node failed its health check: tell every node (their reports name it), then leave
+        the job (the others go on: a spare fills in, or the group shrinks within MIN) or, when
+        they cannot go on without it, close it. Before its first round it just does not join."""
+        text = str(bad)
+        try:
+            self._rdzv.publish_failure(text)
+            self._published = text
+        except RendezvousError:
+            pass
+        if self._attempt == 0:
+            return text if self._rdzv.max_nodes == 1 else f"{text}\nthe other nodes go on without it if they can"
+        note = self._leave(text)
+        return f"{text}\n{note}" if note else f"{text}\nthe job was closed: the other nodes cannot go on without it"
+
+    def _request_restart_round(self, reason: str) -> None:
+        """Ask the other nodes to restart with us at once (a restart round, when membership is
+        unchanged: see rendezvous/restarts.py); if the store cannot be told, a full round follows."""
+        try:
+            self._rdzv.request_restart(f"{self._host}: {reason}")
+        except RendezvousError:
+            pass
+
     def _initialize_workers(self) -> None:
         self._attempt += 1
         self._set_group_state(WorkerState.INIT)
         self._bus.publish(ev.RendezvousStarted(attempt=self._attempt))
+        self._check_health()
         t0 = self._clock()
         me = NodeInfo(
             host=self._host, role=self.spec.role, local_world_size=self.spec.local_world_size, node_rank=self._node_rank
@@ -624,6 +673,18 @@ class Agent:
         except RendezvousError as e:
             self._message("warning", e.message)  # the rendezvous says "exit barrier: ..." itself
 
+    def _note_membership(self) -> Membership:
+        """The rendezvous' membership view, published as an event when it changed."""
+        m = self._rdzv.membership()
+        if m != self._last_membership:
+            self._last_membership = m
+            self._bus.publish(
+                ev.MembershipChanged(
+                    waiting=m.waiting, lost=m.lost, closed=m.closed, reason=m.reason, spare=m.spare, spares=m.spares
+                )
+            )
+        return m
+
     def _blocking(self, fn: Callable[[], T]) -> T:
         """Run a blocking rendezvous call in a thread so that signals are still handled."""
         box: dict[str, object] = {}
@@ -644,6 +705,8 @@ class Agent:
             self._handle_signals(woke.signals)
             if self._shutdown_signals:
                 raise _Interrupted(self._shutdown_signals[0])
+            if "done" not in box:
+                self._note_membership()  # e.g. this node now stands by as a spare
         t.join()
         if "error" in box:
             raise box["error"]  # type: ignore[misc]

@@ -99,6 +99,20 @@ OPTIONS: tuple[Opt, ...] = (
         help="Seconds between the stop signal and SIGKILL (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30).",
     ),
     Opt("--virtual-local-rank", flag=True, help="LOCAL_RANK=0 for every worker, one visible GPU each."),
+    Opt(
+        "--standby",
+        own=True,
+        default="0",
+        help="Hot spares: nodes beyond --nnodes MAX stand by (no workers, heartbeats) and one takes the group "
+        "rank of an active node that is lost or gives up; K is how many are expected.",
+    ),
+    Opt(
+        "--health-check",
+        own=True,
+        help="Before each rendezvous round: `builtin` (script and --log-dir writable, GPUs free of other "
+        "processes) or a shell command run after those; a node whose check fails does not join.",
+    ),
+    Opt("--health-check-timeout", own=True, default="60", help="Seconds a --health-check may take."),
     Opt("--exit-barrier-timeout", own=True, default="300", help="Seconds to wait for the other nodes at the end."),
     Opt(
         "--log-line-prefix",
@@ -202,7 +216,8 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     argparse alone calls `--nproc` ambiguous because it matches both `--nproc-per-node` and
     `--nproc_per_node`, and it reads the script's arguments for options too (an ambiguous
     `--n` after the script is an error there); here the script's arguments are never read, and
-    a prefix of several options stays as it is for argparse to refuse, naming the candidates.
+    a prefix of several options stays as it is for argparse to refuse, naming the candidates (unless
+    exactly one of them is torchrun's: a prefix torchrun accepts keeps its meaning, `--stand`).
     """
     by_string = {s: o for o in OPTIONS for s in o.strings}
     out: list[str] = []
@@ -217,6 +232,9 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         opt = by_string.get(name)
         if opt is None and name.startswith("--"):
             matches = {o.dest: o for s, o in by_string.items() if s.startswith(name)}
+            theirs = {d: o for d, o in matches.items() if not o.own}
+            if len(matches) > 1 and len(theirs) == 1:
+                matches = theirs  # a prefix torchrun accepts means there what it means here (--stand)
             if len(matches) == 1:
                 opt = next(iter(matches.values()))
                 name = opt.long

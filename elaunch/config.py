@@ -118,6 +118,9 @@ class LaunchConfig(Value):
     exit_barrier_timeout: float = 300.0
     virtual_local_rank: bool = False
     progress_pattern: str | None = None
+    health_check: str | None = None
+    """`--health-check`: `builtin` or a shell command run before each round (see `elaunch.health`)."""
+    health_check_timeout: float = 60.0
     """`--progress-pattern`: a regex with a `step` group (and optionally `total`) matching progress lines."""
     supervision: Supervision = field(default_factory=Supervision)
     """Hang detection and restart rules (--hang-timeout, --startup-timeout, --restart-backoff,

@@ -277,6 +277,11 @@ def describe(e: ev.Event, view: RunView) -> str | None:
             f"run {e.run_id} on {e.host}: {e.nproc_per_node} worker(s) per node, {nodes} node(s), "
             f"max restarts {e.max_restarts}"
         )
+    if isinstance(e, ev.HealthChecked):
+        if e.ok:
+            return f"health check passed ({e.check}, {e.duration:.2f}s)"
+        lines = [f"health check FAILED ({e.check}): {e.detail}; this node does not join the round"]
+        return "\n".join([*lines, *(f"  | {x}" for x in e.last_lines)])
     if isinstance(e, ev.RendezvousDone):
         if e.group_world_size > 1 or e.round > 0:
             return (
@@ -316,6 +321,10 @@ def describe(e: ev.Event, view: RunView) -> str | None:
             parts.append(f"lost {', '.join(e.lost)}")
         if e.closed:
             parts.append(f"job closed: {e.reason}")
+        # A node that becomes a spare was told so by the rendezvous, with the running hosts
+        # (`rounds.standby_notice`); the live view shows it in the job line.
+        if e.spares:
+            parts.append(f"spare(s) standing by: {', '.join(e.spares)}")
         return "membership: " + "; ".join(parts) if parts else None
     if isinstance(e, ev.SignalReceived):
         text = _SIGNAL_TEXT.get(e.action)
@@ -340,9 +349,14 @@ def report(result: RunResult, remote: tuple[str, ...] = ()) -> str:
 
     Lines joined by newlines, none at the end; the first line is the verdict.
     """
-    if result.state == WorkerState.SUCCEEDED:
-        return f"job SUCCEEDED: {len(result.return_values)} worker(s) exited 0"
     lines: list[str] = []
+    if result.state == WorkerState.SUCCEEDED:
+        lines.append(f"job SUCCEEDED: {len(result.return_values)} worker(s) exited 0")
+        if remote:  # e.g. a node that failed its health check and left: the job went on without it
+            lines.append("  reported by other nodes:")
+            for text in remote:
+                lines += ["    " + x for x in text.splitlines()]
+        return "\n".join(lines)
     if result.interrupted_by is not None:
         lines.append(f"job STOPPED by {signal_name(result.interrupted_by)}: exit code {result.exit_code}")
     else:

@@ -190,12 +190,15 @@ class RestartDecided(Event):
 
 @event
 class MembershipChanged(Event):
-    """Nodes are waiting to join, were lost, or the job was closed by a node."""
+    """Nodes are waiting to join, were lost, or the job was closed by a node; this node stands by
+    as a spare (`spare`), or spares stand by (`spares`: their hosts)."""
 
     waiting: int
     lost: tuple[str, ...]
     closed: bool
     reason: str | None
+    spare: bool = False
+    spares: tuple[str, ...] = ()
 
 
 @event
@@ -213,6 +216,17 @@ class Message(Event):
 
     level: str
     text: str
+
+
+@event
+class HealthChecked(Event):
+    """This node's health check before a round (`--health-check`): passed, or it does not join."""
+
+    ok: bool
+    check: str
+    detail: str
+    last_lines: tuple[str, ...] = ()
+    duration: float = 0.0
 
 
 @event

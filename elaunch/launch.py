@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TextIO
 
 from elaunch.agent import Agent, host_name
 from elaunch.config import LaunchConfig
@@ -30,6 +30,9 @@ from elaunch.spec import RunResult, WorkerState
 from elaunch.terminal import pty_plan, terminal_restored
 from elaunch.watchdog import TIMER_FILE_ENV, Watchdog
 from elaunch.workers import LocalProcesses
+
+if TYPE_CHECKING:
+    from elaunch.health import HealthReport
 
 __all__ = ["build_config", "launch", "print_plan"]
 
@@ -155,9 +158,27 @@ def launch(
             node_rank=config.rdzv.node_rank,
             supervision=config.supervision,
             watch=watch,
+            health=_health_check(config, host, env),
         )
         return agent.run()
     raise AssertionError("unreachable")  # pragma: no cover (ExitStack does not swallow exceptions)
+
+
+def _health_check(config: LaunchConfig, host: str, env: Mapping[str, str] | None) -> Callable[[], HealthReport] | None:
+    """`--health-check`, run before each round (elaunch.health is imported only when it is on)."""
+    if config.health_check is None:
+        return None
+    from elaunch.health import HealthCheck, script_path
+
+    script = script_path(config.entry_argv, config.entry_kind)
+    return HealthCheck(
+        config.health_check,
+        config.health_check_timeout,
+        host,
+        script,
+        config.output.log_dir,
+        os.environ if env is None else env,
+    )
 
 
 def print_plan(config: LaunchConfig, out: TextIO, env: Mapping[str, str] | None = None) -> None:

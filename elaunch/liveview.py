@@ -58,6 +58,10 @@ def job_text(view: RunView) -> str:
     )
     if view.membership_restarts:
         text += f"  membership changes {view.membership_restarts}"
+    if view.membership.spare:
+        text += "  SPARE: standing by"
+    elif view.membership.spares:
+        text += f"  spares {', '.join(view.membership.spares)}"
     return text
 
 

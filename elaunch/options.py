@@ -157,7 +157,10 @@ def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: l
         standalone = True
         if sources.get("rdzv_id", "default") == "default":
             run_id = random_run_id()
-    if max_n == 1:
+    standby = cfg.parse_count(opts["standby"], "--standby", default=0) or 0
+    if standby and (standalone or backend == "static"):
+        raise ConfigError("--standby needs --rdzv-backend c10d or etcd (spares wait in the elastic rendezvous)")
+    if max_n == 1 and not standby:
         return RendezvousConfig(
             backend="local",
             run_id=run_id,
@@ -205,6 +208,7 @@ def _rendezvous(opts: Mapping[str, Any], sources: Mapping[str, str], warnings: l
         is_host=None if is_host is None else bool(is_host),
         use_libuv=bool(conf.get("use_libuv", True)),
         etcd=etcd_options,
+        standby=standby,
     )
 
 
@@ -331,6 +335,8 @@ def build_config(
         progress_pattern=progress,
         supervision=_supervision(opts, env, progress),
         cpu_binding=cpu_binding,
+        health_check=(opts["health_check"] or "").strip() or None,
+        health_check_timeout=cfg.parse_seconds(opts["health_check_timeout"], "--health-check-timeout"),
         warnings=tuple(warnings),
         dry_run=bool(opts["dry_run"]),
         sources=sources,

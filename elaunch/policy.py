@@ -76,14 +76,18 @@ def decide(
         return Decision(Action.RESTART if restarts_left > 0 else Action.FAIL, cause=cause)
     if membership.closed:
         return Decision(Action.CLOSED, membership=membership)
-    if membership.waiting > 0 or membership.lost:
+    if membership.waiting > 0 or membership.lost or membership.restart:
         return Decision(Action.REFORM, membership=membership)
     return Decision(Action.WAIT)
 
 
 def reform_reason(m: Membership) -> str:
-    """`2 node(s) waiting to join` / `lost node(s): host3, host4`."""
-    return f"{m.waiting} node(s) waiting to join" if m.waiting else f"lost node(s): {', '.join(m.lost)}"
+    """`2 node(s) waiting to join` / `lost node(s): host3, host4` / `restart round: host2: ...`."""
+    if m.waiting:
+        return f"{m.waiting} node(s) waiting to join"
+    if m.lost:
+        return f"lost node(s): {', '.join(m.lost)}"
+    return f"restart round: {m.restart}" if m.restart else "membership changed"
 
 
 def stopped_by_agent(stopping: bool, exit_signal: int | None, sent: int | None) -> bool:

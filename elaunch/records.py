@@ -142,6 +142,10 @@ def summary_doc(view: RunView) -> dict[str, Any]:
         **summary_core(fin.result, fin.remote_failures),
         "restarts": view.restart_count,
         "membership_restarts": view.membership_restarts,
+        "stood_by_as_spare": view.stood_by,
+        "health_checks": view.health_checks,
+        "health_check_failed": _health_record(view.health_failed),
+        "spares": list(view.membership.spares),
         "rounds": rounds,
         "workers": [worker_record(w) for w in sorted(view.all_workers, key=lambda w: (w.attempt, w.global_rank))],
         "attempts": attempt_records(view),
@@ -159,6 +163,13 @@ def attempt_records(view: RunView) -> list[dict[str, Any]]:
         rec = out.setdefault(attempt, {"attempt": attempt, **{f"{p}_s": None for p in DOWNTIME_PHASES}})
         rec[f"{phase}_s"] = seconds
     return [out[k] for k in sorted(out)]
+
+
+def _health_record(e: ev.HealthChecked | None) -> dict[str, Any] | None:
+    """The failed health check in the summary (None: none failed)."""
+    if e is None:
+        return None
+    return {"check": e.check, "detail": e.detail, "last_lines": list(e.last_lines)}
 
 
 class EventsFile:

@@ -101,6 +101,12 @@ class RunView(Value):
     rounds: tuple[RoundView, ...] = ()
     group_state: WorkerState = WorkerState.INIT
     membership: Membership = field(default_factory=Membership)
+    stood_by: bool = False
+    """This node stood by as a spare at some point (`--standby`)."""
+    health_checks: int = 0
+    """Health checks run before rounds (`--health-check`)."""
+    health_failed: ev.HealthChecked | None = None
+    """The check that failed (this node then left the job), else None."""
     workers: tuple[WorkerRow, ...] = ()
     past_workers: tuple[WorkerRow, ...] = ()
     finished: Finished | None = None
@@ -265,8 +271,12 @@ def _restart(v: RunView, e: ev.RestartDecided) -> RunView:
 
 
 def _membership(v: RunView, e: ev.MembershipChanged) -> RunView:
-    m = Membership(waiting=e.waiting, lost=e.lost, closed=e.closed, reason=e.reason)
-    return replace(v, membership=m)
+    m = Membership(waiting=e.waiting, lost=e.lost, closed=e.closed, reason=e.reason, spare=e.spare, spares=e.spares)
+    return replace(v, membership=m, stood_by=v.stood_by or e.spare)
+
+
+def _health(v: RunView, e: ev.HealthChecked) -> RunView:
+    return replace(v, health_checks=v.health_checks + 1, health_failed=None if e.ok else e)
 
 
 def _downtime(v: RunView, e: ev.Downtime) -> RunView:
@@ -288,6 +298,7 @@ _STEPS: dict[type[ev.Event], Callable[[RunView, Any], RunView]] = {
     ev.WorkerProgress: _progress,
     ev.RestartDecided: _restart,
     ev.MembershipChanged: _membership,
+    ev.HealthChecked: _health,
     ev.RunFinished: _finished,
     ev.Downtime: _downtime,
 }

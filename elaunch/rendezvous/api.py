@@ -98,6 +98,8 @@ class RendezvousConfig(Value):
     use_libuv: bool = True
     etcd: EtcdOptions | None = None
     """etcd/etcd-v2 only."""
+    standby: int = 0
+    """`--standby K`: spare nodes expected beyond MAX; with K > 0 survivors keep their group ranks."""
     standalone: bool = False
     """The run id was made up for this run (`--standalone` or torchrun's one-node quirk)."""
 
@@ -150,6 +152,12 @@ class Membership(Value):
     closed: bool = False
     """The job was closed by some node: every node should stop and exit."""
     reason: str | None = None
+    restart: str | None = None
+    """A node asked for a restart round (same group, workers restarted everywhere): who and why."""
+    spare: bool = False
+    """This node stands by as a spare: the running round is full (`--standby`)."""
+    spares: tuple[str, ...] = ()
+    """Hosts standing by as spares, as the running nodes see them."""
 
 
 @runtime_checkable
@@ -175,6 +183,12 @@ class Rendezvous(Protocol):
 
         `me.master_port == 0` asks the backend to pick a free port on this node for it.
         """
+        ...
+
+    def request_restart(self, reason: str) -> bool:
+        """This node's workers failed: ask every node to restart its workers in a restart round
+        (the same group, no join or last call) when membership is unchanged. True when the next
+        `next_rendezvous` call is such a round; False: it is a full round (nothing was asked)."""
         ...
 
     def membership(self) -> Membership:

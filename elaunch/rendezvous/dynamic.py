@@ -11,6 +11,7 @@ joining, finalising and the exit barrier; the decisions are `rounds` functions, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -28,10 +29,11 @@ from elaunch.errors import (
     StoreError,
 )
 from elaunch.failures import SUMMARY_CHARS
-from elaunch.rendezvous import rounds
+from elaunch.rendezvous import rounds, spares
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.ports import free_port
+from elaunch.rendezvous.restarts import RestartWatch, join_restart, publish_restart, report_missing
 from elaunch.rendezvous.rounds import LastCall, NodeRecord, Placement, Round, order_nodes
 from elaunch.rendezvous.store import Store
 from elaunch.rendezvous.watcher import STORE_LOST, Beat, ControlConnection, MembershipState, Watcher, release_slot
@@ -75,6 +77,7 @@ class DynamicRendezvous:
         master_priority: int = 0,
         strict_node_ranks: bool = False,
         owns_store: bool = True,
+        standby: int = 0,
     ) -> None:
         if not run_id or not 0 < min_nodes <= max_nodes:
             raise ValueError(
@@ -89,6 +92,8 @@ class DynamicRendezvous:
         self._prio = master_priority
         self._strict = strict_node_ranks
         self._owns = owns_store
+        self._spares_wanted = standby
+        self._keep_ranks = standby > 0 and not strict_node_ranks
         self._k = Keys(run_id)
         self._slice = self._s.beat_period
 
@@ -108,6 +113,9 @@ class DynamicRendezvous:
         self._ctl = ControlConnection(ctl, store.address)
         self._watcher = Watcher(
             self._ctl, self._k, self._id, self._s, self._state, store.address, name=f"elaunch-rdzv-{run_id}"
+        )
+        self._restarts = RestartWatch(
+            self._restart_connection, self._k, self._id, self._state, self._slice, f"elaunch-rdzv-restart-{run_id}"
         )
 
     # -- Rendezvous protocol ---------------------------------------------------------------
@@ -154,17 +162,30 @@ class DynamicRendezvous:
             deadline = time.monotonic() + self._s.join_timeout
             self._check(st)
             prev = self._state.round
+            if prev is not None:  # a restart round (same group) when one was published for us
+
+                def wait(key: str) -> bool:
+                    return self._wait_key(st, key, deadline, lambda: self._check(st))
+
+                fast = join_restart(st, self._k, self._id, prev, me.master_port, wait)
+                if fast is not None:
+                    info = self._completed(fast)
+                    # nodes found lost, or that left, while it formed: lost in it at once
+                    missing = report_missing(st, self._k, prev, fast)
+                    if missing and self._state.update(fast, missing, 0):
+                        self._state.notify()
+                    return info
             rnd = rounds.round_to_join(None if prev is None else prev.number, int(st.get(self._k.open_round)))
             if prev is not None:
                 release_slot(st, self._k, prev, prev.rank, self._id)
             elif rnd > 0:  # a job is running: if its round is full, stand by (see below)
                 running = rounds.decode_group(st.get(self._k.round(rnd - 1).final))
                 if rounds.round_is_full(len(running), self._max):
-                    if self._min == self._max and self._all_beating(st, rnd - 1, running):
-                        # A fixed size has no spares and no node of the job is lost (this is not its
-                        # replacement): a second job with the same id. Told at once, not stood by.
+                    if self._min == self._max and not self._spares_wanted and self._all_beating(st, rnd - 1, running):
+                        # A fixed size without spares (--standby) and no node of the job is lost (this
+                        # is not its replacement): a second job with the same id. Told at once.
                         raise RendezvousRefusedError(rounds.already_running_reason(self._run_id, running))
-                    self._standby(st, rnd - 1, running)
+                    self._standby(st, rnd - 1, running, me.host)
                     deadline = time.monotonic() + self._s.join_timeout
             rec = NodeRecord(self._id, me, self._prio)
             while True:
@@ -178,22 +199,40 @@ class DynamicRendezvous:
                     # The round is full: admitting us would push another node out. Stand by
                     # without counting as waiting (else the job would restart forever), until
                     # the round ends for another reason; then join the next one.
-                    self._standby(st, rnd, final)
+                    self._standby(st, rnd, final, me.host)
                     deadline = time.monotonic() + self._s.join_timeout
                 rnd += 1  # late: join the next round; that tells the running nodes we wait
-            new = Round(rnd, tuple(final), rank)
-            self._state.new_round(new)
-            if not self._stop.is_set():
-                self._watcher.start()
+            return self._completed(Round(rnd, tuple(final), rank))
+
+    def _completed(self, new: Round) -> RendezvousInfo:
+        """Round `new` is this node's now: reset the membership view, (first time) start the
+        membership threads, and say who is in it."""
+        self._state.new_round(new)
+        if not self._stop.is_set():
+            self._watcher.start()
+            self._restarts.start()
         head = new.nodes[0].info
         return RendezvousInfo(
             run_id=self._run_id,
-            round=rnd,
+            round=new.number,
             group_rank=new.rank,
             nodes=tuple(r.info for r in new.nodes),
             master_addr=head.host,
             master_port=head.master_port,
         )
+
+    def request_restart(self, reason: str) -> bool:
+        """Publish the next round as a restart round of the current group (`restarts`): every
+        node hears of it within a store round trip and restarts its workers without a join or last
+        call. False (a full round follows) when membership changed, or the store cannot be told."""
+        rv = self._state.round
+        if rv is None:
+            return False
+        try:
+            with self._ctl.use() as ctl:
+                return publish_restart(ctl, self._k, self._id, rv, self._state, reason)
+        except StoreError:
+            return False
 
     def membership(self) -> Membership:
         return self._state.view()
@@ -227,17 +266,22 @@ class DynamicRendezvous:
         if rv is None and self._standing_by:  # a spare that never joined: the job is not ours to close
             return True
         others = None if rv is None else rv.size - 1 - len(self._state.lost)
+        hosts_store = bool(getattr(self._store, "is_host", False))
+        spare_count = 0
+        if rv is not None and self._min == self._max and self._state.closed is None:
+            with self._ctl.use() as ctl:  # read now: the view is a beat old
+                spare_count = len(spares.read_spares(ctl, self._k, {r.id for r in rv.nodes}))
         if self._state.closed is not None or not rounds.can_leave(
-            self._min, self._max, others, hosts_store=bool(getattr(self._store, "is_host", False))
+            self._min, self._max, others, hosts_store, spare_count
         ):
             self.set_closed(reason)
             return False
         assert rv is not None
         me = rv.nodes[rv.rank]
         with self._ctl.use() as ctl:
+            ctl.append(self._k.gone, self._id + "\n")  # first: no finaliser waits for it once it is released
             if release_slot(ctl, self._k, rv, rv.rank, f"left:{self._id}"):
                 ctl.append(self._k.round(rv.number).lost, rounds.lost_line(rv.rank, me.info.host, self._id))
-            ctl.append(self._k.gone, self._id + "\n")
         return True
 
     def exit_barrier(self, timeout: float) -> None:
@@ -300,6 +344,7 @@ class DynamicRendezvous:
         self._shut = True
         self._stop.set()
         self._watcher.stop(timeout=self._s.heartbeat_timeout + self._slice + 1.0)
+        self._restarts.stop(timeout=self._slice + self._s.heartbeat_timeout + 1.0)
         rv = self._state.round
         try:
             if self._passed_barrier and self._state.closed is None and rv is not None:
@@ -313,6 +358,12 @@ class DynamicRendezvous:
                 self._store.close()
             finally:
                 self._main_lock.release()
+
+    def _restart_connection(self) -> Store:
+        """The restart watch's own connection, bounded like the control connection."""
+        conn = self._store.clone()
+        conn.set_timeout(min(self._s.read_timeout, self._s.heartbeat_timeout))
+        return conn
 
     # -- joining -----------------------------------------------------------------------------
     def _join_round(self, st: Store, rnd: int, rec: NodeRecord, deadline: float) -> list[NodeRecord]:
@@ -378,27 +429,36 @@ class DynamicRendezvous:
             pending = {i for i in pending if st.add(keys[i], 0) == first[i]}
         return True
 
-    def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
+    def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord], host: str) -> None:
         if self._notice is not None:
             self._notice(rounds.standby_notice(self._run_id, group))
         self._standing_by = True  # not in the job: stopping now must not close it (`leave`)
         try:
-            self._stand_by(st, rnd, group)
+            self._stand_by(st, rnd, group, host)
         finally:
             self._standing_by = False
 
-    def _stand_by(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
+    def _stand_by(self, st: Store, rnd: int, group: Sequence[NodeRecord], host: str) -> None:
         """Block until a node of the full round `rnd` leaves it (`released` appears) or the job
         closes. No join timeout applies meanwhile (torch's "redundancy list"), but if the
         round's rank 0 stops beating and nobody releases it, the job is presumed dead and we
         go on to join (and time out there with a clear message) rather than wait forever."""
         released = self._k.round(rnd).released
         beat = Beat(self._s.heartbeat_timeout, self._slice)
-        while not st.wait([released], self._slice):
-            self._check(st)
-            stale = beat.stale(st.add(self._k.hb(group[0].id), 0), time.monotonic())
-            if stale and not st.check([released]):
-                return
+        spares.announce(st, self._k, self._id, host, standing_by=True)
+        if self._state.set_spare(True):
+            self._state.notify()
+        try:
+            while not st.wait([released], self._slice):
+                self._check(st)
+                st.add(self._k.hb(self._id), 1)  # a spare beats too: the running nodes may count on it
+                stale = beat.stale(st.add(self._k.hb(group[0].id), 0), time.monotonic())
+                if stale and not st.check([released]):
+                    return
+        finally:
+            with contextlib.suppress(StoreError):
+                spares.announce(st, self._k, self._id, host, standing_by=False)
+            self._state.set_spare(False)
 
     def _take_over(self, st: Store, rnd: int, expected: str) -> str:
         return st.compare_set(self._k.round(rnd).finaliser, expected, self._id).decode()
@@ -438,7 +498,12 @@ class DynamicRendezvous:
         except _Superseded:
             return self._await_final(st, rnd, deadline)
         try:
-            ordered = order_nodes(live, self._max, strict=self._strict)
+            if self._keep_ranks and rnd > 0 and st.check([k.round(rnd - 1).final]):
+                previous = rounds.decode_group(st.get(k.round(rnd - 1).final))
+                kept = spares.keep_group_ranks(live, previous)
+                ordered = spares.as_published(order_nodes(kept, self._max), live)
+            else:
+                ordered = order_nodes(live, self._max, strict=self._strict)
         except ValueError as e:
             reason = rounds.strict_ranks_reason(e, self._max)
             st.compare_set(k.closed, "", reason)

@@ -98,7 +98,7 @@ def _c10d(cfg: RendezvousConfig, ep: Endpoint, node_id: str) -> Rendezvous:
     return _built(
         store,
         lambda st: DynamicRendezvous(
-            st, cfg.run_id, cfg.min_nodes, cfg.max_nodes, s, node_id, master_priority=priority
+            st, cfg.run_id, cfg.min_nodes, cfg.max_nodes, s, node_id, master_priority=priority, standby=cfg.standby
         ),
     )
 
@@ -121,7 +121,7 @@ def _etcd(cfg: RendezvousConfig, ep: Endpoint, node_id: str) -> Rendezvous:
 
     def build(st: EtcdStore) -> Rendezvous:
         refuse_closed_run(st, cfg.run_id)
-        return DynamicRendezvous(st, cfg.run_id, cfg.min_nodes, cfg.max_nodes, s, node_id)
+        return DynamicRendezvous(st, cfg.run_id, cfg.min_nodes, cfg.max_nodes, s, node_id, standby=cfg.standby)
 
     return _built(store, build)
 

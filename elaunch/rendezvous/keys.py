@@ -19,8 +19,10 @@ class RoundKeys:
         "finaliser",
         "joined",
         "lost",
+        "master_port",
         "nodes",
         "number",
+        "rejoined",
         "released",
     )
 
@@ -45,6 +47,10 @@ class RoundKeys:
         """Counter of nodes that reached the exit barrier."""
         self.exit_done = f"{r}/exit_done"
         """Marker set by the last node to reach the exit barrier."""
+        self.rejoined = f"{r}/rejoined"
+        """Counter of nodes that left this round for the restart round after it (`restarts.join_restart`)."""
+        self.master_port = f"{r}/master_port"
+        """A restart round's MASTER_PORT, set by its group rank 0 (`restarts.join_restart`)."""
 
     def at(self, k: int) -> str:
         """Marker set by the k-th joiner once k >= MIN (the finaliser waits on the next one)."""
@@ -73,6 +79,8 @@ class Keys:
         """List of JSON strings: the failure summaries nodes published."""
         self.bye = f"{p}/bye"
         """Counter of nodes that said goodbye in `shutdown`."""
+        self.spares = f"{p}/spares"
+        """Lines `+<id> <host>` / `-<id> <host>`: nodes that stand by as spares, and stopped (`spares`)."""
 
     def hb(self, node_id: str) -> str:
         """Heartbeat counter of node `node_id` (its id URL-quoted)."""

@@ -57,6 +57,10 @@ class LocalRendezvous:
             master_port=port,
         )
 
+    def request_restart(self, reason: str) -> bool:
+        """One node: every round is already immediate."""
+        return False
+
     def membership(self) -> Membership:
         return Membership(closed=self._closed is not None, reason=self._closed)
 

@@ -178,11 +178,14 @@ def enough_joined(live: int, min_nodes: int) -> bool:
     return live >= min_nodes
 
 
-def can_leave(min_nodes: int, max_nodes: int, others_left: int | None, hosts_store: bool) -> bool:
+def can_leave(min_nodes: int, max_nodes: int, others_left: int | None, hosts_store: bool, spares: int = 0) -> bool:
     """Whether a node that is stopped may leave the job without ending it: the job is elastic
-    (MIN < MAX), it has a round, at least MIN other nodes of it are still in, and the node does not
-    host the store (the others would lose it). torchrun re-forms without a node stopped by a signal."""
-    return min_nodes < max_nodes and others_left is not None and others_left >= min_nodes and not hosts_store
+    (MIN < MAX) or a spare stands by to take its place, it has a round, at least MIN other nodes of
+    it (and spares) are still in, and the node does not host the store (the others would lose it).
+    torchrun re-forms without a node stopped by a signal."""
+    if others_left is None or hosts_store or not (min_nodes < max_nodes or spares > 0):
+        return False
+    return others_left + spares >= min_nodes
 
 
 def survivors(group: Collection[str], lost: Collection[str], gone: Collection[str]) -> set[str]:

@@ -83,6 +83,9 @@ class StaticRendezvous:
         info = self._dyn.next_rendezvous(me)
         return replace(info, master_addr=self._addr, master_port=self._port, use_agent_store=True)
 
+    def request_restart(self, reason: str) -> bool:
+        return self._dyn.request_restart(reason)
+
     def membership(self) -> Membership:
         return self._dyn.membership()
 

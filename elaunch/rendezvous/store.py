@@ -309,6 +309,7 @@ class _BoundedCaller:
             finally:
                 del fn  # drop the connection's reference before idling: closing must free it
                 slot.done.release()
+                del slot  # and the answer's (a clone's TCPStore would outlive its close)
 
     def close(self) -> None:
         self._q.put(None)

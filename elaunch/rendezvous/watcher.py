@@ -1,8 +1,9 @@
 """The membership thread: heartbeats, the ring watch, and this node's view of membership.
 
 One thread per node (`elaunch-rdzv-<run id>`) on the control connection. Every beat period it
-makes at most six store operations, whatever the number of nodes: is the job closed, beat, read
-the watched node's counter, read `R/lost`, read how many wait in the next round. Decisions
+makes at most eight store operations, whatever the number of nodes: is the job closed, beat, read
+the watched node's counter, read `R/lost`, read how many wait in the next round, read the spares
+standing by (`P/spares`). Decisions
 (stale counter, next node to watch) are `rounds` functions.
 """
 
@@ -18,6 +19,7 @@ from elaunch.rendezvous import rounds
 from elaunch.rendezvous.api import Membership, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.rounds import BeatSeen, Round
+from elaunch.rendezvous.spares import read_spares
 from elaunch.rendezvous.store import Store
 
 STORE_LOST = "lost the rendezvous store"
@@ -73,6 +75,9 @@ class MembershipState:
         self._waiting = 0
         self._lost: tuple[str, ...] = ()
         self._closed: str | None = None
+        self._restart: str | None = None
+        self._spare = False
+        self._spares: tuple[str, ...] = ()
         self._wake: Callable[[], None] | None = None
 
     @property
@@ -93,7 +98,13 @@ class MembershipState:
     def view(self) -> Membership:
         with self._lock:
             return Membership(
-                waiting=self._waiting, lost=self._lost, closed=self._closed is not None, reason=self._closed
+                waiting=self._waiting,
+                lost=self._lost,
+                closed=self._closed is not None,
+                reason=self._closed,
+                restart=self._restart,
+                spare=self._spare,
+                spares=self._spares,
             )
 
     def new_round(self, rv: Round) -> None:
@@ -101,6 +112,8 @@ class MembershipState:
             self._round = rv
             self._waiting = 0
             self._lost = ()
+            self._restart = None
+            self._spare = False
 
     def close(self, reason: str) -> str:
         """Closed locally with `reason` unless already closed; returns the reason that holds."""
@@ -124,6 +137,27 @@ class MembershipState:
                 return False
             changed = lost != self._lost or waiting != self._waiting
             self._lost, self._waiting = lost, waiting
+            return changed
+
+    def set_restart(self, rv: Round, reason: str) -> bool:
+        """A restart round follows round `rv` (`restarts.RestartWatch`); False if another round
+        started meanwhile or it was already known."""
+        with self._lock:
+            if self._round is not rv or self._restart == reason:
+                return False
+            self._restart = reason
+            return True
+
+    def set_spare(self, standing_by: bool) -> bool:
+        """This node stands by as a spare (or no longer); True if that changed the view."""
+        with self._lock:
+            changed, self._spare = self._spare != standing_by, standing_by
+            return changed
+
+    def set_spares(self, hosts: tuple[str, ...]) -> bool:
+        """Hosts standing by, as the last beat read them; True if that changed the view."""
+        with self._lock:
+            changed, self._spares = self._spares != hosts, hosts
             return changed
 
     def set_wakeup(self, wake: Callable[[], None]) -> None:
@@ -243,7 +277,8 @@ class Watcher:
                 return
 
     def tick(self, ctl: Store, w: RingWatch) -> tuple[bool, bool]:
-        """One heartbeat period: at most 6 store operations, whatever the number of nodes.
+        """One heartbeat period: at most 8 store operations, whatever the number of nodes (the
+        last two read `P/spares`, whose size is the number of spares that ever stood by).
         Returns (the view changed, the job is closed)."""
         k = self._k
         if ctl.check([k.closed]):
@@ -266,7 +301,8 @@ class Watcher:
         if ctl.check([rk.lost]):
             lost = rounds.lost_nodes(ctl.get(rk.lost))
         waiting = ctl.add(k.round(rv.number + 1).joined, 0)
-        return self._state.update(rv, lost, waiting), False
+        spares = read_spares(ctl, k, {r.id for r in rv.nodes})
+        return self._state.update(rv, lost, waiting) | self._state.set_spares(spares), False
 
 
 __all__ = ["STORE_LOST", "Beat", "ControlConnection", "MembershipState", "RingWatch", "Watcher", "release_slot"]

@@ -286,3 +286,157 @@ def test_the_restart_count_is_the_same_on_every_node(agents: Agents, tmp_path: P
     assert agents.wait("a") == 0, agents.err("a")
     for name in ("a", "b"):
         assert [e["TORCHELASTIC_RESTART_COUNT"] for e in agents.envs(name)] == ["0", "1"], agents.err(name)
+
+
+FAIL_ONCE_SCRIPT = (
+    ENV_SCRIPT
+    + """
+import sys, time
+me, flag = sys.argv[1], sys.argv[2]
+if me == "b":
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        sys.exit(3)
+    open(flag, "w").close()
+while not os.path.exists(flag):  # node a runs until b's restarted worker did (not into the exit barrier)
+    time.sleep(0.05)
+"""
+)
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_a_worker_failure_restarts_every_node_in_a_restart_round(agents: Agents, tmp_path: Path) -> None:
+    # A beat every 5 s and a last call of 60 s: a full round would be seen in the agents' lines
+    # ("waiting to join"); a restart round reaches node a through its blocking watch.
+    script = write_script(tmp_path, "fail_once.py", FAIL_ONCE_SCRIPT)
+    port = free_port()
+    conf = "join_timeout=60,last_call_timeout=60,heartbeat_timeout=15,keep_alive_interval=5,close_timeout=5"
+    common = [*c10d(port, "1:2"), "--rdzv-conf", conf, "--max-restarts", "1", "--nproc-per-node", "1"]
+    flag = str(tmp_path / "b-restarted")
+    agents.start("a", [*common, str(script), "a", flag])
+    agents.start("b", [*common, str(script), "b", flag])
+    for name in ("a", "b"):
+        assert agents.wait(name) == 0, agents.err(name)
+    a, b = agents.envs("a"), agents.envs("b")
+    assert len(a) == len(b) == 2
+    # The count is job-wide (the round), the same on both nodes; a's restart used none of a's budget.
+    assert [e["TORCHELASTIC_RESTART_COUNT"] for e in b] == [e["TORCHELASTIC_RESTART_COUNT"] for e in a] == ["0", "1"]
+    assert a[0]["GROUP_RANK"] == a[1]["GROUP_RANK"] and a[1]["MASTER_PORT"] == b[1]["MASTER_PORT"]
+    assert "restarting the group: restart round: " in agents.err("a"), agents.err("a")
+    assert "waiting to join" not in agents.err("a")
+
+
+SPARE_SCRIPT = (
+    ENV_SCRIPT
+    + """
+import sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+"""
+)
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(180)
+def test_a_hot_spare_takes_the_group_rank_of_a_killed_node(agents: Agents, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "spare.py", SPARE_SCRIPT)
+    stop = tmp_path / "stop"
+    common = [*c10d(free_port()), "--standby", "1", "--max-restarts", "0", "--nproc-per-node", "1"]
+
+    def start(name: str) -> None:
+        agents.start(name, [*common, "--summary-file", str(tmp_path / f"{name}.json"), str(script), str(stop)])
+
+    start("a")
+    start("b")
+    wait_until(lambda: len(agents.envs("a")) == len(agents.envs("b")) == 1, 60, "a and b to run their workers")
+    start("c")
+    wait_until(lambda: "stands by as a spare" in agents.err("c"), 60, "c to stand by")
+    wait_until(lambda: "spare(s) standing by: " in agents.err("a"), 30, "a to see the spare")
+    assert agents.envs("c") == []
+    # kill group rank 1: rank 0 hosts the store (a or b, whichever bound the port first)
+    victim, survivor = ("a", "b") if agents.envs("a")[0]["GROUP_RANK"] == "1" else ("b", "a")
+    agents.procs[victim].kill()
+    wait_until(lambda: agents.envs("c"), 60, "the spare's worker to run")
+    (spare,) = agents.envs("c")
+    assert spare["GROUP_RANK"] == "1" and spare["GROUP_WORLD_SIZE"] == "2"
+    assert agents.envs(survivor)[-1]["GROUP_RANK"] == "0"
+    stop.touch()
+    for name in (survivor, "c"):
+        assert agents.wait(name) == 0, agents.err(name)  # --max-restarts 0: the take-over used none
+    summary = json.loads((tmp_path / "c.json").read_text())
+    assert summary["stood_by_as_spare"] is True and summary["state"] == "SUCCEEDED"
+    assert json.loads((tmp_path / f"{survivor}.json").read_text())["stood_by_as_spare"] is False
+
+
+HEALTH_SCRIPT = (
+    ENV_SCRIPT
+    + """
+import sys, time
+tmp, me = sys.argv[1], sys.argv[2]
+while not os.path.exists(os.path.join(tmp, "stop")):
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and os.path.exists(os.path.join(tmp, "crash-" + me)):
+        sys.exit(1)
+    time.sleep(0.05)
+"""
+)
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(180)
+def test_a_node_failing_its_health_check_leaves_and_a_spare_fills_in(agents: Agents, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "health.py", HEALTH_SCRIPT)
+    common = [*c10d(free_port()), "--standby", "1", "--max-restarts", "1", "--nproc-per-node", "1"]
+
+    def start(name: str) -> None:
+        check = f"echo checking node {name}; test ! -e {tmp_path}/bad-{name}"
+        agents.start(name, [*common, "--health-check", check, str(script), str(tmp_path), name])
+
+    start("a")
+    start("b")
+    wait_until(lambda: len(agents.envs("a")) == len(agents.envs("b")) == 1, 60, "a and b to run their workers")
+    start("c")
+    wait_until(lambda: "stands by as a spare" in agents.err("c"), 60, "c to stand by")
+    # group rank 1 does not host the store: it can leave. Its check will fail before the next round.
+    victim, survivor = ("a", "b") if agents.envs("a")[0]["GROUP_RANK"] == "1" else ("b", "a")
+    (tmp_path / f"bad-{victim}").touch()
+    (tmp_path / f"crash-{victim}").touch()
+    assert agents.wait(victim) == 1
+    wait_until(lambda: agents.envs("c"), 60, "the spare's worker to run")
+    assert agents.envs("c")[0]["GROUP_RANK"] == "1" and agents.envs("c")[0]["GROUP_WORLD_SIZE"] == "2"
+    (tmp_path / "stop").touch()
+    for name in (survivor, "c"):
+        assert agents.wait(name) == 0, agents.err(name)
+    failed = agents.err(victim)
+    assert "health check FAILED" in failed and f"checking node {victim}" in failed
+    assert "left the job; the other nodes go on without it" in failed
+    for name in (survivor, "c"):  # every node's report names the host and the check's last lines
+        report = agents.err(name).split("job SUCCEEDED", 1)[1]
+        assert "health check failed" in report and f"checking node {victim}" in report, report
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_a_node_failing_its_first_health_check_does_not_join_and_the_job_shrinks(
+    agents: Agents, tmp_path: Path
+) -> None:
+    script = write_script(tmp_path, "spare.py", SPARE_SCRIPT)  # runs until the stop file exists
+    stop = tmp_path / "stop"
+    common = [*c10d(free_port(), "2:3"), "--nproc-per-node", "1"]
+    for name in ("a", "b", "c"):
+        check = f"echo checking node {name}; echo no space left on device >&2; test {name} != c"
+        agents.start(name, [*common, "--health-check", check, str(script), str(stop)])
+        if name == "a":  # a hosts the store (c's leaving must not take it away): its check runs after
+            wait_until(lambda: "health check passed" in agents.err("a"), 60, "a to host the store")
+    assert agents.wait("c") == 1
+    stop.touch()
+    for name in ("a", "b"):
+        assert agents.wait(name) == 0, agents.err(name)
+        assert {e["WORLD_SIZE"] for e in agents.envs(name)} == {"2"}
+        report = agents.err(name).split("job SUCCEEDED", 1)[1]
+        assert "health check failed" in report and "no space left on device" in report, report
+    assert agents.envs("c") == []
+    assert "the other nodes go on without it if they can" in agents.err("c")

@@ -11,6 +11,7 @@ fixed sleep. Each test ends with nothing left on any host.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from scripts.testbed import WaitTimeout, wait_until
 from scripts.testbed.netns import Cluster
+from scripts.testbed.procs import cmdline
 from tests.helpers import ELAUNCH, ROOT
 
 needs_torch = pytest.mark.skipif(
@@ -48,7 +50,15 @@ class Job:
     """One DDP job over the fake hosts: an agent per host, their output in files, the progress file."""
 
     def __init__(
-        self, cluster: Cluster, tmp: Path, nnodes: str, *, max_restarts: int, release: bool, fail_on: str | None
+        self,
+        cluster: Cluster,
+        tmp: Path,
+        nnodes: str,
+        *,
+        max_restarts: int,
+        release: bool,
+        fail_on: str | None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.cluster = cluster
         self.tmp = tmp
@@ -58,6 +68,8 @@ class Job:
         self.progress = tmp / "progress.log"
         self.release_file = tmp / "release" if release else None
         self.fail_on = fail_on
+        self.extra = list(extra)
+        """More elaunch options for every agent (--standby, --health-check, ...)."""
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, *hosts: int) -> None:
@@ -80,7 +92,7 @@ class Job:
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f"host1:{PORT}", "--rdzv-id", self.run_id,
                 "--nnodes", self.nnodes, "--nproc-per-node", "1", "--rdzv-conf", CONF,
                 "--shutdown-timeout", str(SHUTDOWN), "--max-restarts", str(self.max_restarts),
-                *worker,
+                *self.extra, *worker,
             ]  # fmt: skip
             with open(self.tmp / f"host{i}.out", "wb") as out, open(self.tmp / f"host{i}.err", "wb") as err:
                 self.agents[i] = self.cluster.popen(i, argv, stdout=out, stderr=err, cwd=ROOT)
@@ -168,9 +180,23 @@ def make_job(netns_cluster: Callable[..., Cluster], tmp_path: Path) -> Iterator[
     jobs: list[Job] = []
 
     def make(
-        nnodes: str, hosts: int = 3, *, max_restarts: int = 0, release: bool = True, fail_on: str | None = None
+        nnodes: str,
+        hosts: int = 3,
+        *,
+        max_restarts: int = 0,
+        release: bool = True,
+        fail_on: str | None = None,
+        extra: Sequence[str] = (),
     ) -> Job:
-        job = Job(netns_cluster(n=hosts), tmp_path, nnodes, max_restarts=max_restarts, release=release, fail_on=fail_on)
+        job = Job(
+            netns_cluster(n=hosts),
+            tmp_path,
+            nnodes,
+            max_restarts=max_restarts,
+            release=release,
+            fail_on=fail_on,
+            extra=extra,
+        )
         jobs.append(job)
         return job
 
@@ -358,3 +384,37 @@ def test_unreachable_endpoint_clear_error(netns_cluster: Callable[..., Cluster],
     assert r.stderr.count(f"host2:{PORT}") == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert "never runs" not in r.stdout
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(300)
+def test_a_node_failing_its_health_check_is_replaced_by_a_hot_spare(
+    make_job: Callable[..., Job], tmp_path: Path
+) -> None:
+    # host3 stands by as a spare; host2's worker is killed and host2's check fails before the next
+    # round: host2 leaves, host3 takes group rank 1, and the job finishes at world size 2.
+    check = f"echo checking $(hostname); test ! -e {tmp_path}/bad-$(hostname)"
+    job = make_job("2", max_restarts=3, extra=["--standby", "1", "--health-check", check])
+    job.start(1, 2)
+    job.wait_training(2, (1, 2), START)
+    job.start(3)
+    job.wait(lambda: "stands by as a spare" in job.err(3), START, "host3 to stand by as a spare")
+    job.wait(lambda: "spare(s) standing by: host3" in job.err(1), 30, "host1 to see the spare")
+    (tmp_path / "bad-host2").touch()
+    agent = job.agents[2].pid
+    workers = [p for p in job.cluster.pids(2) if p != agent and (cmdline(p) or "").split()[1:2] == [str(WORKER)]]
+    assert workers, job.diagnostics()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    assert job.exit_code(2, RECOVER) != 0, job.diagnostics()  # 137: its worker was SIGKILLed first
+    job.wait_training(2, (1, 3), RECOVER)
+    job.release()
+    for i in (1, 3):
+        assert job.exit_code(i, 60) == 0, job.diagnostics()
+    assert "health check FAILED" in job.err(2) and "checking host2" in job.err(2)
+    assert [r["host"] for r in job.records("done") if r["rank"] == "1"] == ["host3"]
+    for i in (1, 3):  # every node's report names the host and the check's last lines
+        report = job.err(i).split("job SUCCEEDED", 1)[1]
+        assert "host2: health check failed" in report and "checking host2" in report, report
+    job.assert_nothing_left()

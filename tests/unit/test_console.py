@@ -102,6 +102,10 @@ def _restart(membership: bool) -> ev.RestartDecided:
         (ev.MembershipChanged(waiting=0, lost=("a", "b"), closed=True, reason="b gave up"),
          "membership: lost a, b; job closed: b gave up"),
         (ev.MembershipChanged(waiting=0, lost=(), closed=False, reason=None), None),
+        (ev.MembershipChanged(waiting=0, lost=(), closed=False, reason=None, spares=("h3",)),
+         "membership: spare(s) standing by: h3"),
+        # The rendezvous itself tells a new spare, with the running hosts (rounds.standby_notice).
+        (ev.MembershipChanged(waiting=0, lost=(), closed=False, reason=None, spare=True), None),
         (ev.SignalReceived(signal=10, action="forward"), "SIGUSR1 received: passed on to the workers, job keeps running"),
         (ev.SignalReceived(signal=2, action="shutdown"),
          "SIGINT received: stopping the workers (press Ctrl-C again to kill them at once)"),

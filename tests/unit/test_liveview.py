@@ -31,6 +31,10 @@ def test_job_line() -> None:
     assert job_text(fold(history)) == "run r1  round 1  world size 2  restarts left 0/1"
     membership = ev.RestartDecided(reason="x", membership=True, restarts_used=0, restarts_left=1, membership_restarts=2)
     assert job_text(fold([*history[:1], membership])).endswith("restarts left 1/1  membership changes 2")
+    spare = ev.MembershipChanged(waiting=0, lost=(), closed=False, reason=None, spare=True)
+    assert job_text(fold([*history[:1], spare])).endswith("restarts left 1/1  SPARE: standing by")
+    spares = ev.MembershipChanged(waiting=0, lost=(), closed=False, reason=None, spares=("h3", "h4"))
+    assert job_text(fold([*history, spares])).endswith("restarts left 0/1  spares h3, h4")
 
 
 def test_status_rows_from_a_view() -> None:

@@ -92,3 +92,26 @@ def test_supervision_options(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             config(tmp_path, *args)
+
+
+def test_standby_is_elaunchs_own_and_needs_an_elastic_backend(tmp_path: Path) -> None:
+    base = ("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h:1")
+    assert config(tmp_path, *base).rdzv.standby == 0
+    assert config(tmp_path, *base, "--standby", "2").rdzv.standby == 2
+    assert config(tmp_path, *base, env={"ELAUNCH_STANDBY": "1"}).rdzv.standby == 1
+    one = config(tmp_path, "--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "h:1", "--standby", "1")
+    assert (one.rdzv.backend, one.rdzv.max_nodes, one.rdzv.standby) == ("c10d", 1, 1)  # one active node, one spare
+    with pytest.raises(ConfigError, match="--standby: expected a whole number"):
+        config(tmp_path, *base, "--standby", "x")
+    with pytest.raises(ConfigError, match="--standby needs --rdzv-backend c10d or etcd"):
+        config(tmp_path, "--nnodes", "2", "--master-port", "29511", "--standby", "1")
+    assert config(tmp_path, "--stand").rdzv.standalone  # torchrun's prefix of --standalone keeps its meaning
+
+
+def test_health_check_options(tmp_path: Path) -> None:
+    c = config(tmp_path)
+    assert (c.health_check, c.health_check_timeout) == (None, 60.0)
+    c = config(tmp_path, "--health-check", "builtin", "--health-check-timeout", "2.5")
+    assert (c.health_check, c.health_check_timeout) == ("builtin", 2.5)
+    with pytest.raises(ConfigError, match="--health-check-timeout"):
+        config(tmp_path, "--health-check", "true", "--health-check-timeout", "0")

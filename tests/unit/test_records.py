@@ -75,6 +75,7 @@ def test_summary_of_a_restarted_run() -> None:
     }  # fmt: skip
     assert (doc["state"], doc["exit_code"], doc["finished_at"], doc["duration_s"]) == ("SUCCEEDED", 0, T0 + 3.75, 3.75)
     assert (doc["restarts"], doc["membership_restarts"], doc["root_cause"]) == (1, 0, None)
+    assert (doc["stood_by_as_spare"], doc["spares"]) == (False, [])
     assert doc["rounds"][1] == {"round": 1, "group_rank": 0, "nodes": 1, "world_size": 2, "hosts": ["vm"],
                                 "duration_s": 0.25}  # fmt: skip
     assert doc["workers"][0] == {
@@ -122,3 +123,11 @@ def test_attempts_say_where_the_downtime_went() -> None:
             "stop_s": None,
         },
     ]
+
+
+def test_the_summary_says_a_node_stood_by_as_a_spare() -> None:
+    history = fail_then_succeed()
+    spare = ev.MembershipChanged(waiting=0, lost=(), closed=False, reason=None, spare=True)
+    back = ev.MembershipChanged(waiting=0, lost=(), closed=False, reason=None, spares=("h3",))
+    doc = summary_doc(fold([*history[:1], spare, back, *history[1:]]))
+    assert (doc["stood_by_as_spare"], doc["spares"]) == (True, ["h3"])

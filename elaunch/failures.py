@@ -49,6 +49,10 @@ def failure_text(f: WorkerFailure) -> str:
 
 
 PUBLISHED = "elaunch.failure/1"
+PUBLISHED_CHARS = 4 * SUMMARY_CHARS + 4096
+"""The most a published failure record holds: its text, traceback, error message and note, each
+within `SUMMARY_CHARS`, and the small fields. Records read back are clipped to this (an older or
+foreign writer), so a well-formed one is never cut."""
 _FIELDS = ("local_rank", "global_rank", "role", "host", "pid", "exitcode", "signal", "timestamp", "restart",
            "traceback", "error_message", "exception", "note")  # fmt: skip
 

@@ -28,7 +28,7 @@ from elaunch.errors import (
     RendezvousTimeoutError,
     StoreError,
 )
-from elaunch.failures import SUMMARY_CHARS
+from elaunch.failures import PUBLISHED_CHARS
 from elaunch.rendezvous import rounds, spares
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
@@ -326,8 +326,8 @@ class DynamicRendezvous:
                 return []
             raw = ctl.get(self._k.failures)
         found = [str(json.loads(line)) for line in raw.decode(errors="replace").splitlines() if line]
-        # Bounded whoever wrote them (an older node may not clip its text): failures.SUMMARY_CHARS each.
-        kept = [clip_text(text, SUMMARY_CHARS) for text in found[:REMOTE_FAILURES]]
+        # Bounded whoever wrote them (an older node may not clip its text): failures.PUBLISHED_CHARS each.
+        kept = [clip_text(text, PUBLISHED_CHARS) for text in found[:REMOTE_FAILURES]]
         if len(found) > REMOTE_FAILURES:
             kept.append(f"... and {len(found) - REMOTE_FAILURES} more failure(s) reported by other nodes")
         return kept

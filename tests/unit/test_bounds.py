@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from elaunch.failures import SUMMARY_CHARS, failure_summary
+from elaunch.failures import PUBLISHED_CHARS, SUMMARY_CHARS, failure_summary, remote_failure
 from elaunch.spec import WorkerFailure
 from elaunch.tails import LINE_BYTES, TAIL_BYTES, TEXT_CHARS, OutputTail, clip_line, clip_text
 
@@ -51,7 +51,10 @@ def test_failure_summary_for_the_store_is_bounded() -> None:
         timestamp=0.0, restart=0, error_message=None, traceback="T" * (10 * SUMMARY_CHARS), last_lines=(),
     )  # fmt: skip
     out = failure_summary(f)
-    assert out.startswith("h: rank 0") and len(out) < SUMMARY_CHARS + 60
+    text, back = remote_failure(out)
+    assert text.startswith("h: rank 0") and len(text) < SUMMARY_CHARS + 60
+    assert back is not None and back.traceback is not None and len(back.traceback) <= SUMMARY_CHARS + 60
+    assert len(out) < PUBLISHED_CHARS
 
 
 def test_failures_read_from_the_store_are_bounded_whoever_wrote_them() -> None:
@@ -61,9 +64,9 @@ def test_failures_read_from_the_store_are_bounded_whoever_wrote_them() -> None:
     rdzv = DynamicRendezvous(MemoryStore(), "job", 2, 2, node_id="n0")
     try:
         for i in range(REMOTE_FAILURES + 3):
-            rdzv.publish_failure(f"host{i}: " + "T" * (4 * SUMMARY_CHARS))
+            rdzv.publish_failure(f"host{i}: " + "T" * (4 * PUBLISHED_CHARS))
         got = rdzv.failures()
         assert len(got) == REMOTE_FAILURES + 1 and got[-1].startswith("... and 3 more")
-        assert all(len(x) < SUMMARY_CHARS + 60 for x in got) and got[0].startswith("host0: ")
+        assert all(len(x) < PUBLISHED_CHARS + 60 for x in got) and got[0].startswith("host0: ")
     finally:
         rdzv.shutdown()

@@ -41,7 +41,7 @@ from elaunch.watchdog import Hang, Watchdog, cgroup_oom_kills, python_stacks
 from elaunch.workers import Exit, Wakeup
 
 if TYPE_CHECKING:
-    from elaunch.health import HealthReport
+    from elaunch.healthcheck import HealthReport
 
 T = TypeVar("T")
 KILL_WAIT = 5.0
@@ -79,7 +79,7 @@ class _Unhealthy(Exception):
     """This node's health check failed before a round: it does not join."""
 
     def __init__(self, report: HealthReport) -> None:
-        from elaunch.health import failure_text  # only when --health-check is on
+        from elaunch.healthcheck import failure_text  # only when --health-check is on
 
         super().__init__(failure_text(report))
         self.report = report

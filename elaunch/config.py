@@ -119,7 +119,7 @@ class LaunchConfig(Value):
     virtual_local_rank: bool = False
     progress_pattern: str | None = None
     health_check: str | None = None
-    """`--health-check`: `builtin` or a shell command run before each round (see `elaunch.health`)."""
+    """`--health-check`: `builtin` or a shell command run before each round (see `elaunch.healthcheck`)."""
     health_check_timeout: float = 60.0
     """`--progress-pattern`: a regex with a `step` group (and optionally `total`) matching progress lines."""
     supervision: Supervision = field(default_factory=Supervision)

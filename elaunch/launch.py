@@ -32,7 +32,7 @@ from elaunch.watchdog import TIMER_FILE_ENV, Watchdog
 from elaunch.workers import LocalProcesses
 
 if TYPE_CHECKING:
-    from elaunch.health import HealthReport
+    from elaunch.healthcheck import HealthReport
 
 __all__ = ["build_config", "launch", "print_plan"]
 
@@ -165,10 +165,10 @@ def launch(
 
 
 def _health_check(config: LaunchConfig, host: str, env: Mapping[str, str] | None) -> Callable[[], HealthReport] | None:
-    """`--health-check`, run before each round (elaunch.health is imported only when it is on)."""
+    """`--health-check`, run before each round (elaunch.healthcheck is imported only when it is on)."""
     if config.health_check is None:
         return None
-    from elaunch.health import HealthCheck, script_path
+    from elaunch.healthcheck import HealthCheck, script_path
 
     script = script_path(config.entry_argv, config.entry_kind)
     return HealthCheck(

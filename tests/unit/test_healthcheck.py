@@ -1,4 +1,4 @@
-"""Health checks before each round (elaunch/health.py): the pure rules, and the edge with real
+"""Health checks before each round (elaunch/healthcheck.py): the pure rules, and the edge with real
 commands (tiny shell commands, a real directory)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from elaunch import events as ev
 from elaunch.console import describe
-from elaunch.health import (
+from elaunch.healthcheck import (
     BUILTIN,
     HealthCheck,
     HealthReport,

@@ -93,6 +93,19 @@ class OutputConfig(Value):
 
 
 @value
+class WatchConfig(Value):
+    """Watching the run from outside: the HTTP endpoint (`--health-port`/`--health-addr`; port
+    None = off, 0 = any free one) and progress (`--progress-interval` seconds between reports,
+    stragglers slower than the median by `--straggler-factor` for `--straggler-window` seconds)."""
+
+    health_port: int | None = None
+    health_addr: str = "127.0.0.1"
+    progress_interval: float = 30.0
+    straggler_factor: float = 1.5
+    straggler_window: float = 60.0
+
+
+@value
 class LaunchConfig(Value):
     """Everything a launch needs, validated (see `elaunch.options.build_config`).
 
@@ -115,6 +128,7 @@ class LaunchConfig(Value):
     virtual_local_rank: bool = False
     progress_pattern: str | None = None
     """`--progress-pattern`: a regex with a `step` group (and optionally `total`) matching progress lines."""
+    watch: WatchConfig = field(default_factory=WatchConfig)
     warnings: tuple[str, ...] = ()
     """Options given but without effect here (torchrun ignores them too); shown at start."""
     dry_run: bool = False
@@ -424,6 +438,17 @@ def parse_seconds(value: str | float, option: str, *, allow_zero: bool = False) 
         raise ConfigError(f"{option}: expected a finite number of seconds up to {MAX_SECONDS}, got {value!r}")
     if f < 0 or (f == 0 and not allow_zero):
         raise ConfigError(f"{option}: must be {'0 or more' if allow_zero else 'greater than 0'} seconds, got {value!r}")
+    return f
+
+
+def parse_factor(value: str, option: str) -> float:
+    """A finite number greater than 1 (how many times slower)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option}: expected a number greater than 1, got {value!r}") from None
+    if not math.isfinite(f) or f <= 1:
+        raise ConfigError(f"{option}: expected a number greater than 1, got {value!r}")
     return f
 
 

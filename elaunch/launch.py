@@ -19,10 +19,12 @@ from elaunch.errors import ElaunchError
 from elaunch.events import Bus, Message, RunFinished, Sink
 from elaunch.options import build_config
 from elaunch.policy import SignalPolicy
+from elaunch.progress import ProgressRules, compile_pattern
+from elaunch.progresswatch import ProgressWatcher
 from elaunch.reaper import Reaper
 from elaunch.rendezvous import create_rendezvous
 from elaunch.rundir import RunDir
-from elaunch.runview import RunTracker
+from elaunch.runview import RunTracker, RunView
 from elaunch.signals import SignalTrap
 from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
@@ -60,8 +62,15 @@ def launch(
         trap.install(config.signals_to_handle)
         bus = Bus()
         stack.callback(bus.close)
-        tracker = RunTracker()  # first: every sink reads the view it keeps
+        rules = ProgressRules(
+            pattern=compile_pattern(config.progress_pattern),
+            factor=config.watch.straggler_factor,
+            window=config.watch.straggler_window,
+            interval=config.watch.progress_interval,
+        )
+        tracker = RunTracker(RunView(progress_rules=rules))  # first: every sink reads the view it keeps
         bus.subscribe(tracker)
+        bus.subscribe(ProgressWatcher(bus, tracker, rules))
         for s in build_sinks(
             config.output,
             host=host,
@@ -72,14 +81,27 @@ def launch(
             terminal=stdout is None,
             env=env,
             views=tracker,
+            progress_interval=config.watch.progress_interval,
         ):
             bus.subscribe(s)
         for s in sinks:
             bus.subscribe(s)
         for text in config.warnings:
             bus.publish(Message(level="warning", text=text))
+        health = None
+        if config.watch.health_port is not None:
+            from elaunch.health import HealthServer
+
+            health = HealthServer(tracker, config.watch.health_addr, config.watch.health_port)
+            bus.subscribe(health)
         output = config.output
         try:
+            if health is not None:
+                health.start()
+                stack.callback(health.close)
+                bus.publish(
+                    Message(level="info", text=f"health endpoint: {health.url} (healthz, readyz, status, metrics)")
+                )
             rdzv = create_rendezvous(config.rdzv)
             stack.callback(rdzv.shutdown)
             try:
@@ -99,6 +121,8 @@ def launch(
             bus.subscribe(log_files)
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
         stack.callback(procs.close)
+        if health is not None:
+            health.set_wake(procs.wake)
         agent = Agent(
             config.worker_spec(env),
             rdzv,

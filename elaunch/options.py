@@ -235,6 +235,28 @@ def _output(opts: Mapping[str, Any], env: Mapping[str, str], warnings: list[str]
     )
 
 
+def _watch(opts: Mapping[str, Any], sources: dict[str, str], env: Mapping[str, str]) -> cfg.WatchConfig:
+    """The health endpoint and progress settings; the endpoint's address and port are tried now
+    (a port in use or an address that is not this host's is a usage error, before anything starts)."""
+    raw_port = opts["health_port"]
+    if raw_port is None and env.get("TORCHELASTIC_HEALTH_CHECK_PORT"):
+        raw_port = env["TORCHELASTIC_HEALTH_CHECK_PORT"]  # torchrun's variable (its server is a stub)
+        sources["health_port"] = "environment"
+    port = cfg.parse_count(raw_port, "--health-port", high=65535)
+    addr = str(opts["health_addr"] or "").strip().strip("[]")
+    if port is not None:
+        from elaunch.health import check_endpoint  # imports socket: only when the endpoint is on
+
+        check_endpoint(addr, port)
+    return cfg.WatchConfig(
+        health_port=port,
+        health_addr=addr,
+        progress_interval=cfg.parse_seconds(opts["progress_interval"], "--progress-interval"),
+        straggler_factor=cfg.parse_factor(opts["straggler_factor"], "--straggler-factor"),
+        straggler_window=cfg.parse_seconds(opts["straggler_window"], "--straggler-window", allow_zero=True),
+    )
+
+
 def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str]) -> LaunchConfig:
     """Validate every option (with SLURM's defaults filled in inside an `srun` step).
 
@@ -258,6 +280,8 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
     signals = cfg.parse_signals(opts["signals_to_handle"])
     entry_argv, kind = _entry(opts, env)
     output = _output(opts, env, warnings)
+    progress_pattern = cfg.parse_progress_pattern(opts["progress_pattern"])
+    watch = _watch(opts, sources, env)
     if str(opts.get("start_method") or "spawn") not in START_METHODS:
         raise ConfigError(f"--start-method must be one of {', '.join(START_METHODS)}, got {opts['start_method']!r}")
     # torch's one built-in logs spec, "default" (DefaultLogsSpecs), is what elaunch does anyway.
@@ -290,7 +314,8 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         shutdown_timeout=shutdown,
         exit_barrier_timeout=barrier,
         virtual_local_rank=bool(opts["virtual_local_rank"]),
-        progress_pattern=cfg.parse_progress_pattern(opts["progress_pattern"]),
+        progress_pattern=progress_pattern,
+        watch=watch,
         warnings=tuple(warnings),
         dry_run=bool(opts["dry_run"]),
         sources=sources,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from elaunch import events as ev
+from elaunch.progress import Progress, ProgressRules, advance_progress, read_progress
 from elaunch.rendezvous.api import Membership
 from elaunch.spec import RunResult, WorkerState
 from elaunch.values import Value, field, replace, value
@@ -51,7 +52,9 @@ class WorkerRow(Value):
 
     `attempt` counts rendezvous rounds on this node (the `attempt_<k>` directory); `restart` is
     the failure restarts used when it started. `exitcode`/`signal`/`stopped_by_agent` are set
-    when it reaches a terminal state. `progress` is its pending `\\r`-redrawn line, or "".
+    when it reaches a terminal state. `progress` is its pending `\\r`-redrawn line, or "";
+    `steps` its step, total and rate read from its output (progress.py), `straggler` whether
+    it is marked slow (`StragglerChanged`).
     """
 
     local_rank: int
@@ -68,6 +71,8 @@ class WorkerRow(Value):
     exitcode: int | None = None
     signal: int | None = None
     stopped_by_agent: bool = False
+    steps: Progress | None = None
+    straggler: bool = False
 
 
 @value
@@ -101,6 +106,8 @@ class RunView(Value):
     workers: tuple[WorkerRow, ...] = ()
     past_workers: tuple[WorkerRow, ...] = ()
     finished: Finished | None = None
+    progress_rules: ProgressRules = field(default_factory=ProgressRules)
+    """How progress is read from output and judged (from the options; never changed by events)."""
 
     @property
     def last_round(self) -> RoundView | None:
@@ -236,11 +243,16 @@ def _group_state(v: RunView, e: ev.GroupStateChanged) -> RunView:
     return replace(v, group_state=e.new)
 
 
+def _steps(v: RunView, row: WorkerRow, data: bytes, ts: float) -> Progress | None:
+    reading = read_progress(data, v.progress_rules.pattern)
+    return row.steps if reading is None else advance_progress(row.steps, reading, ts)
+
+
 def _output(v: RunView, e: ev.WorkerOutput) -> RunView:
     row = v.worker(e.local_rank)
     if row is None:
         return v
-    return _with_row(v, replace(row, last_output=e.ts, progress=""))
+    return _with_row(v, replace(row, last_output=e.ts, progress="", steps=_steps(v, row, e.data, e.ts)))
 
 
 def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
@@ -248,7 +260,14 @@ def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
     if row is None:
         return v
     text = e.text.decode(errors="replace").strip()
-    return _with_row(v, replace(row, last_output=e.ts, progress=text))
+    return _with_row(v, replace(row, last_output=e.ts, progress=text, steps=_steps(v, row, e.text, e.ts)))
+
+
+def _straggler(v: RunView, e: ev.StragglerChanged) -> RunView:
+    row = v.worker(e.local_rank)
+    if row is None or row.global_rank != e.global_rank:
+        return v
+    return _with_row(v, replace(row, straggler=e.straggler))
 
 
 def _restart(v: RunView, e: ev.RestartDecided) -> RunView:
@@ -275,6 +294,7 @@ _STEPS: dict[type[ev.Event], Callable[[RunView, Any], RunView]] = {
     ev.GroupStateChanged: _group_state,
     ev.WorkerOutput: _output,
     ev.WorkerProgress: _progress,
+    ev.StragglerChanged: _straggler,
     ev.RestartDecided: _restart,
     ev.MembershipChanged: _membership,
     ev.RunFinished: _finished,

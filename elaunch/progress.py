@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import AnyStr
@@ -37,15 +36,21 @@ STRAGGLER_FACTOR = 1.5
 """A worker is slow when its steps/s times this is below the median's."""
 STRAGGLER_WINDOW = 60.0
 """... for this many seconds without a break: then it is a straggler."""
+STALL_STEPS = 2.0
+STALL_SECONDS = 2.0
+"""A worker's rate is taken as falling once no step came for STALL_STEPS steps' time at its
+rate, and at least STALL_SECONDS (output arrives in bursts: tqdm redraws every 0.1 s)."""
 MAX_CANDIDATES = 16
 """Lines with a `[` looked at from the end of a chunk for a tqdm bar (the bar is near the end)."""
 
 _NUM = rb"\d+(?:\.\d+)?[kMGTPEZY]?"
-_TQDM = re.compile(
+_TQDM_SOURCE = (
     rb"(?<![\w.])(?P<n>" + _NUM + rb")(?:/(?P<total>" + _NUM + rb"))?[A-Za-z]*"
     rb" \[\d+(?::\d\d){1,2}(?:<(?:\?|\d+(?::\d\d){1,2}))?"
     rb", *(?:\?[A-Za-z]*/[A-Za-z]+|(?P<rate>\d+(?:\.\d+)?)(?P<scale>[kMGTPEZY]?)(?P<unit>[A-Za-z]*)/(?P<per>[A-Za-z]+))[,\]]"
 )
+_tqdm: re.Pattern[bytes] | None = None
+"""`_TQDM_SOURCE` compiled when first used: compiling it costs 2 ms of start-up otherwise."""
 _SCALE = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "Z": 10**21, "Y": 10**24}
 
 
@@ -75,12 +80,14 @@ class Progress(Value):
     anchor_ts: float
 
     def rate_at(self, now: float) -> float | None:
-        """steps/s at `now`: the smoothed rate, or less when no step came for longer than it implies
-        (a worker that stopped is not shown running at its old speed)."""
-        if self.rate is None or self.done:
+        """steps/s at `now`: the smoothed rate, falling as 1/idle time once no step came for
+        STALL_STEPS steps' time (and at least STALL_SECONDS): a worker that stopped is not shown
+        running at its old speed."""
+        if self.rate is None or self.done or self.rate <= 0:
             return self.rate
+        grace = max(STALL_STEPS / self.rate, STALL_SECONDS)
         idle = now - self.advanced
-        return min(self.rate, 1.0 / idle) if idle > 0 else self.rate
+        return self.rate if idle <= grace else self.rate * grace / idle
 
     def eta(self, now: float) -> float | None:
         """Seconds until `step` reaches `total` at `rate_at(now)`; 0 once done; None without a total or a rate."""
@@ -138,13 +145,16 @@ def _last(matches: Iterator[re.Match[AnyStr]]) -> re.Match[AnyStr] | None:
 
 def read_tqdm(data: bytes) -> Reading | None:
     """The last tqdm bar in `data` (lines of a worker's output), or None."""
+    global _tqdm
+    if _tqdm is None:
+        _tqdm = re.compile(_TQDM_SOURCE)
     end = len(data)
     for _ in range(MAX_CANDIDATES):
         i = data.rfind(b" [", 0, end)
         if i < 0:
             return None
         start = max(data.rfind(b"\n", 0, i), data.rfind(b"\r", 0, i)) + 1
-        m = _last(_TQDM.finditer(data, start, end))
+        m = _last(_tqdm.finditer(data, start, end))
         if m is not None:
             return _tqdm_reading(m)
         end = start
@@ -209,6 +219,14 @@ def advance_progress(p: Progress | None, r: Reading, ts: float) -> Progress:
     return Progress(step=r.step, total=total, rate=rate, advanced=advanced, anchor_step=r.step, anchor_ts=ts)
 
 
+def median(xs: list[float]) -> float:
+    """The median of a non-empty list (the mean of the middle two of an even count). Written
+    out: `import statistics` costs start-up (it imports random, fractions and decimal)."""
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
 def find_stragglers(
     rates: Mapping[int, float], slow_since: Mapping[int, float], now: float, factor: float, window: float
 ) -> tuple[dict[int, float], frozenset[int], float | None]:
@@ -220,7 +238,7 @@ def find_stragglers(
     """
     if len(rates) < 2:
         return {}, frozenset(), None
-    med = statistics.median(rates.values())
+    med = median(list(rates.values()))
     since = {rank: slow_since.get(rank, now) for rank, rate in rates.items() if rate * factor < med}
     return since, frozenset(rank for rank, t in since.items() if now - t >= window), med
 

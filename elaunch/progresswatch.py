@@ -10,10 +10,8 @@ a worker that prints nothing at all is judged when another one prints.
 
 from __future__ import annotations
 
-import statistics
-
 from elaunch import events as ev
-from elaunch.progress import ProgressRules, duration_text, find_stragglers, rate_text
+from elaunch.progress import ProgressRules, duration_text, find_stragglers, median, rate_text
 from elaunch.runview import RunView, ViewSource
 from elaunch.values import Value, field, value
 
@@ -48,15 +46,15 @@ def progress_events(
         for w in rows
         if w.ended is None and w.steps is not None and not w.steps.done and (r := w.steps.rate_at(now)) is not None
     }
-    slow_since, stragglers, median = find_stragglers(rates, state.slow_since, now, rules.factor, rules.window)
+    slow_since, stragglers, med = find_stragglers(rates, state.slow_since, now, rules.factor, rules.window)
     out: list[ev.Event] = []
-    for w in rows if median is not None else ():  # fewer than two to compare: marks stay as they are
+    for w in rows if med is not None else ():  # fewer than two to compare: marks stay as they are
         mark = w.global_rank in stragglers
         if mark != w.straggler and (mark or w.ended is None):
             out.append(
                 ev.StragglerChanged(
                     ts=now, local_rank=w.local_rank, global_rank=w.global_rank, straggler=mark,
-                    rate=rates.get(w.global_rank), median_rate=median,
+                    rate=rates.get(w.global_rank), median_rate=med,
                 )
             )  # fmt: skip
     reported = state.reported
@@ -77,7 +75,7 @@ def progress_events(
                 rates=tuple(w.steps.rate_at(now) for w in rows if w.steps is not None),
                 etas=tuple(w.steps.eta(now) for w in rows if w.steps is not None),
                 stragglers=tuple(sorted(w.global_rank for w in rows if w.straggler or w.global_rank in stragglers)),
-                median_rate=statistics.median(known) if known else None,
+                median_rate=median(known) if known else None,
             )
         )
     return WatchState(slow_since=slow_since, reported=reported), out

@@ -124,36 +124,6 @@ class WorkerProgress(Event):
 
 
 @event
-class ProgressReported(Event):
-    """The workers' progress, at most every `--progress-interval` while some worker reports any.
-
-    Parallel tuples, one entry per worker with progress, by global rank: `steps`, `totals`
-    (None: unknown), `rates` (smoothed steps/s, None: not known yet), `etas` (seconds, None:
-    unknown); `stragglers` are the global ranks marked as such. `median_rate` is over them all.
-    """
-
-    ranks: tuple[int, ...]
-    steps: tuple[int, ...]
-    totals: tuple[int | None, ...]
-    rates: tuple[float | None, ...]
-    etas: tuple[float | None, ...]
-    stragglers: tuple[int, ...] = ()
-    median_rate: float | None = None
-
-
-@event
-class StragglerChanged(Event):
-    """A worker became a straggler (its steps/s below the median's by `--straggler-factor` for
-    `--straggler-window` seconds), or stopped being one. Rates in steps/s."""
-
-    local_rank: int
-    global_rank: int
-    straggler: bool
-    rate: float | None
-    median_rate: float | None
-
-
-@event
 class RestartDecided(Event):
     """The agent restarts the group; `membership` restarts do not use up the failure budget."""
 
@@ -197,6 +167,36 @@ class RunFinished(Event):
 
     result: RunResult
     remote_failures: tuple[str, ...] = ()
+
+
+@event
+class ProgressReported(Event):
+    """The workers' progress, at most every `--progress-interval` while some worker reports any.
+
+    Parallel tuples, one entry per worker with progress, by global rank: `steps`, `totals`
+    (None: unknown), `rates` (smoothed steps/s, None: not known yet), `etas` (seconds, None:
+    unknown); `stragglers` are the global ranks marked as such. `median_rate` is over them all.
+    """
+
+    ranks: tuple[int, ...]
+    steps: tuple[int, ...]
+    totals: tuple[int | None, ...]
+    rates: tuple[float | None, ...]
+    etas: tuple[float | None, ...]
+    stragglers: tuple[int, ...] = ()
+    median_rate: float | None = None
+
+
+@event
+class StragglerChanged(Event):
+    """A worker became a straggler (its steps/s below the median's by `--straggler-factor` for
+    `--straggler-window` seconds), or stopped being one. Rates in steps/s."""
+
+    local_rank: int
+    global_rank: int
+    straggler: bool
+    rate: float | None
+    median_rate: float | None
 
 
 class Sink(Protocol):

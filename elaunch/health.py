@@ -142,13 +142,29 @@ class HealthServer:
         self._wake = wake
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        """Stop serving at once: the serving loop is woken by a connection of our own rather than
+        left to notice the request at its next poll (up to half a second at every exit)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        stopper = threading.Thread(target=server.shutdown, name="elaunch-health-stop", daemon=True)
+        stopper.start()
+        deadline = time.monotonic() + 5
+        while stopper.is_alive() and time.monotonic() < deadline:
+            self._poke(server)
+            stopper.join(0.05)
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=1)
+
+    def _poke(self, server: _Server) -> None:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._addr, self._addr)
+        try:
+            with socket.create_connection((host, server.server_address[1]), timeout=0.5):
+                pass
+        except OSError:
+            pass
 
     # -- sink: the heartbeat ----------------------------------------------------------------
     def handle(self, e: ev.Event) -> None:

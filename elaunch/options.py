@@ -245,6 +245,10 @@ def _watch(opts: Mapping[str, Any], sources: dict[str, str], env: Mapping[str, s
     port = cfg.parse_count(raw_port, "--health-port", high=65535)
     addr = str(opts["health_addr"] or "").strip().strip("[]")
     if port is not None:
+        from importlib.util import find_spec
+
+        if find_spec("prometheus_client") is None:
+            raise ConfigError("--health-port needs prometheus-client: pip install 'elaunch[health]'")
         from elaunch.health import check_endpoint  # imports socket: only when the endpoint is on
 
         check_endpoint(addr, port)

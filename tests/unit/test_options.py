@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from elaunch.cli import parse
+from elaunch.config import WatchConfig
 from elaunch.errors import ConfigError
 from elaunch.options import build_config, random_run_id
 
@@ -67,3 +68,16 @@ def test_etcd_certificates_must_exist(tmp_path: Path) -> None:
     assert c.rdzv.etcd is not None and c.rdzv.etcd.ca_cert == str(ca) and c.rdzv.endpoint.port == 2379  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="no such file"):
         config(tmp_path, *etcd, "--rdzv-conf", f"protocol=https,cacert={tmp_path / 'none.pem'}")
+
+
+def test_watch_settings_and_torchruns_health_port_variable(tmp_path: Path) -> None:
+    c = config(tmp_path)
+    assert c.watch == WatchConfig()  # off, 30 s reports, 1.5x slower for 60 s
+    assert c.watch.health_port is None
+    c = config(tmp_path, env={"TORCHELASTIC_HEALTH_CHECK_PORT": "0"})
+    assert (c.watch.health_port, c.watch.health_addr, c.sources["health_port"]) == (0, "127.0.0.1", "environment")
+    c = config(tmp_path, "--health-port", "0", "--health-addr", "::1", "--progress-interval", "5",
+               "--straggler-factor", "2", "--straggler-window", "0", env={"TORCHELASTIC_HEALTH_CHECK_PORT": "1"})  # fmt: skip
+    assert c.watch == WatchConfig(health_port=0, health_addr="::1", progress_interval=5.0, straggler_factor=2.0,
+                                  straggler_window=0.0)  # fmt: skip
+    assert c.sources["health_port"] == "option"

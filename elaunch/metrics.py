@@ -97,7 +97,7 @@ class ViewCollector(Collector):
             if w.last_output is not None:
                 output_age.add_metric(key, max(0.0, at - w.last_output))
             straggler.add_metric(key, int(w.straggler))
-            p = w.steps
+            p = view.progress_of(w)
             if p is None:
                 continue
             step.add_metric(key, p.step)

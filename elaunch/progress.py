@@ -40,6 +40,10 @@ STALL_STEPS = 2.0
 STALL_SECONDS = 2.0
 """A worker's rate is taken as falling once no step came for STALL_STEPS steps' time at its
 rate, and at least STALL_SECONDS (output arrives in bursts: tqdm redraws every 0.1 s)."""
+PARSE_PERIOD = 0.1
+"""A worker's pending bar is read into its progress at most this often (seconds): a bar redrawn 50
+times a second is read 10 times. What was skipped is read when the view is read
+(`RunView.progress_of`), so no reader sees a stale step."""
 MAX_CANDIDATES = 16
 """Lines with a `[` looked at from the end of a chunk for a tqdm bar (the bar is near the end)."""
 
@@ -69,7 +73,8 @@ class Progress(Value):
     """A worker's progress so far; times are wall-clock seconds.
 
     `rate` is the smoothed steps/s (None until a second of readings, unless the bar printed one);
-    `advanced` is when `step` last went up; `anchor_*` is the last rate sample's step and time.
+    `advanced` is when `step` last went up; `anchor_*` is the last rate sample's step and time;
+    `read_at` when the last reading that changed something was folded in.
     """
 
     step: int
@@ -78,6 +83,7 @@ class Progress(Value):
     advanced: float
     anchor_step: int
     anchor_ts: float
+    read_at: float = 0.0
 
     def rate_at(self, now: float) -> float | None:
         """steps/s at `now`: the smoothed rate, falling as 1/idle time once no step came for
@@ -206,17 +212,21 @@ def advance_progress(p: Progress | None, r: Reading, ts: float) -> Progress:
     smoothed with an exponential moving average (time constant SMOOTHING); a new count (step went
     down, or another total) starts over, seeded with the rate the bar printed, if any."""
     if p is None or r.step < p.step or (r.total is not None and p.total is not None and r.total != p.total):
-        return Progress(step=r.step, total=r.total, rate=r.rate, advanced=ts, anchor_step=r.step, anchor_ts=ts)
+        return Progress(
+            step=r.step, total=r.total, rate=r.rate, advanced=ts, anchor_step=r.step, anchor_ts=ts, read_at=ts
+        )
     total = r.total if r.total is not None else p.total
     if r.step == p.step and total == p.total:
         return p
     advanced = ts if r.step > p.step else p.advanced
     dt = ts - p.anchor_ts
     if dt < RATE_PERIOD:
-        return replace(p, step=r.step, total=total, advanced=advanced)
+        return replace(p, step=r.step, total=total, advanced=advanced, read_at=ts)
     sample = (r.step - p.anchor_step) / dt
     rate = sample if p.rate is None else p.rate + (1.0 - math.exp(-dt / SMOOTHING)) * (sample - p.rate)
-    return Progress(step=r.step, total=total, rate=rate, advanced=advanced, anchor_step=r.step, anchor_ts=ts)
+    return Progress(
+        step=r.step, total=total, rate=rate, advanced=advanced, anchor_step=r.step, anchor_ts=ts, read_at=ts
+    )
 
 
 def median(xs: list[float]) -> float:

@@ -38,13 +38,14 @@ def progress_events(
     `ProgressReported` is due `rules.interval` seconds after the previous one (the first, that
     long after progress was first seen).
     """
-    rows = [w for w in view.workers if w.steps is not None]
-    if not rows:
+    steps = {w.global_rank: p for w in view.workers if (p := view.progress_of(w)) is not None}
+    if not steps:
         return state, []
+    rows = sorted((w for w in view.workers if w.global_rank in steps), key=lambda w: w.global_rank)
     rates = {
         w.global_rank: r
         for w in rows
-        if w.ended is None and w.steps is not None and not w.steps.done and (r := w.steps.rate_at(now)) is not None
+        if w.ended is None and not steps[w.global_rank].done and (r := steps[w.global_rank].rate_at(now)) is not None
     }
     slow_since, stragglers, med = find_stragglers(rates, state.slow_since, now, rules.factor, rules.window)
     out: list[ev.Event] = []
@@ -62,18 +63,16 @@ def progress_events(
         reported = now
     elif now - reported >= rules.interval:
         reported = now
-        rows.sort(key=lambda w: w.global_rank)
-        known = list(rates.values()) or [
-            r for w in rows if w.steps is not None and (r := w.steps.rate_at(now)) is not None
-        ]
+        mine = [steps[w.global_rank] for w in rows]
+        known = list(rates.values()) or [r for p in mine if (r := p.rate_at(now)) is not None]
         out.append(
             ev.ProgressReported(
                 ts=now,
                 ranks=tuple(w.global_rank for w in rows),
-                steps=tuple(w.steps.step for w in rows if w.steps is not None),
-                totals=tuple(w.steps.total for w in rows if w.steps is not None),
-                rates=tuple(w.steps.rate_at(now) for w in rows if w.steps is not None),
-                etas=tuple(w.steps.eta(now) for w in rows if w.steps is not None),
+                steps=tuple(p.step for p in mine),
+                totals=tuple(p.total for p in mine),
+                rates=tuple(p.rate_at(now) for p in mine),
+                etas=tuple(p.eta(now) for p in mine),
                 stragglers=tuple(sorted(w.global_rank for w in rows if w.straggler or w.global_rank in stragglers)),
                 median_rate=median(known) if known else None,
             )

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from elaunch import events as ev
-from elaunch.progress import Progress, ProgressRules, advance_progress, read_progress
+from elaunch.progress import PARSE_PERIOD, Progress, ProgressRules, advance_progress, read_progress
 from elaunch.rendezvous.api import Membership
 from elaunch.spec import RunResult, WorkerState
 from elaunch.values import Value, field, replace, value
@@ -155,6 +155,15 @@ class RunView(Value):
                 return row
         return None
 
+    def progress_of(self, row: WorkerRow) -> Progress | None:
+        """`row.steps` with its pending bar read in, if a redraw came since the last reading
+        (the reducer reads a bar at most every PARSE_PERIOD seconds). Pure: the view is unchanged."""
+        p = row.steps
+        if p is None or not row.progress or row.last_output is None or row.last_output <= p.read_at:
+            return p
+        reading = read_progress(row.progress.encode(errors="replace"), self.progress_rules.pattern)
+        return p if reading is None else advance_progress(p, reading, row.last_output)
+
     @property
     def all_workers(self) -> tuple[WorkerRow, ...]:
         """Every worker of every attempt, earlier attempts first."""
@@ -260,7 +269,10 @@ def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
     if row is None:
         return v
     text = e.text.decode(errors="replace").strip()
-    return _with_row(v, replace(row, last_output=e.ts, progress=text, steps=_steps(v, row, e.text, e.ts)))
+    steps = row.steps
+    if steps is None or e.ts - steps.read_at >= PARSE_PERIOD:  # else read when the view is (progress_of)
+        steps = _steps(v, row, e.text, e.ts)
+    return _with_row(v, replace(row, last_output=e.ts, progress=text, steps=steps))
 
 
 def _straggler(v: RunView, e: ev.StragglerChanged) -> RunView:

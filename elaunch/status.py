@@ -64,8 +64,8 @@ def progress_record(p: Progress | None, now: float) -> dict[str, Any] | None:
     }
 
 
-def worker_status(w: WorkerRow, now: float) -> dict[str, Any]:
-    """One worker of the current attempt in /status."""
+def worker_status(w: WorkerRow, steps: Progress | None, now: float) -> dict[str, Any]:
+    """One worker of the current attempt in /status; `steps`: its progress (`RunView.progress_of`)."""
     end = w.ended if w.ended is not None else now
     return {
         "local_rank": w.local_rank,
@@ -79,7 +79,7 @@ def worker_status(w: WorkerRow, now: float) -> dict[str, Any]:
         "last_output_at": w.last_output,
         "exit_code": w.exitcode,
         "signal": signal_name(w.signal) if w.signal is not None else None,
-        "progress": progress_record(w.steps, end),
+        "progress": progress_record(steps, end),
         "straggler": w.straggler,
     }
 
@@ -119,5 +119,7 @@ def status_doc(view: RunView, now: float) -> dict[str, Any]:
             if view.finished is not None
             else None
         ),
-        "workers": [worker_status(w, now) for w in sorted(view.workers, key=lambda w: w.global_rank)],
+        "workers": [
+            worker_status(w, view.progress_of(w), now) for w in sorted(view.workers, key=lambda w: w.global_rank)
+        ],
     }

@@ -136,13 +136,13 @@ def test_endpoint_progress_and_a_straggler_with_real_tqdm_bars(tmp_path: Path) -
         assert samples[("elaunch_world_size", None)] == 3
         assert 0 < samples[("process_resident_memory_bytes", None)] < 200 * 2**20
         assert get(base + "nope")[0] == 404
-        # The plain console's periodic line says how far the job is.
-        wait_until(lambda: "progress: steps " in job.stderr(), 30, "a progress line on stderr")
+        # The plain console's periodic line says how far the job is, and who is slow.
+        wait_until(lambda: "straggler(s): rank 0" in job.stderr(), 30, "a progress line naming the straggler")
     finally:
         rc = job.finish()
     assert rc == 0, job.stderr()
     err = job.stderr()
-    assert "rank 0 is a straggler" in err and "straggler(s): rank 0" in err
+    assert "rank 0 is a straggler" in err and re.search(r"progress: steps \d+-\d+/100000 \(\d+%\) on 3 rank", err), err
     recs = [json.loads(line) for line in events.read_text().splitlines()]
     marks = [r for r in recs if r["event"] == "StragglerChanged"]
     assert marks and marks[0]["global_rank"] == 0 and marks[0]["straggler"] is True

@@ -190,3 +190,17 @@ def test_texts() -> None:
     assert progress_cell(None, 0.0) == ""
     slow = Progress(step=3, total=None, rate=0.5, advanced=10.0, anchor_step=3, anchor_ts=10.0)
     assert progress_cell(slow, 10.0) == "3 2.0 s/step"
+
+
+def test_bars_are_read_at_most_every_parse_period_and_the_rest_when_the_view_is_read() -> None:
+    view = fold([run_started(nproc=1), *attempt(T0, 1, round_=0, restart=0, first_pid=100, world=1)])
+    view = fold(_bars(T0 + 1, {0: 1}, total=10) + _bars(T0 + 1.01, {0: 2}, total=10), view)
+    row = view.worker(0)
+    assert row is not None and row.steps is not None
+    assert row.steps.step == 1 and row.progress.startswith("2/10")  # the second redraw was not read yet
+    p = view.progress_of(row)
+    assert p is not None and (p.step, p.advanced) == (2, T0 + 1.01)
+    view = fold(_bars(T0 + 1.2, {0: 3}, total=10), view)
+    row = view.worker(0)
+    assert row is not None and row.steps is not None and row.steps.step == 3
+    assert view.progress_of(row) is row.steps

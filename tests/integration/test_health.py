@@ -192,3 +192,28 @@ def test_a_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
         f"elaunch: error: --health-addr 127.0.0.1 --health-port {port}: port {port} is in use"
     ]
     assert not marker.exists() and r.stdout == ""
+
+
+@pytest.mark.timeout(90)
+def test_waiting_in_rendezvous_is_alive_but_not_ready(tmp_path: Path) -> None:
+    # Node 0 of 2 waits for node 1, which never comes: the agent's loop is blocked on the
+    # rendezvous thread, yet answers wake-ups; no worker runs, so it is not ready.
+    script = write_script(tmp_path, "t.py", "print('never')\n")
+    job = Job(
+        tmp_path,
+        ["--nnodes", "2", "--node-rank", "0", "--master-port", str(free_port()), "--health-port", "0",
+         "--rdzv-conf", "join_timeout=60", str(script)],
+    )  # fmt: skip
+    try:
+        base = job.url()
+        wait_until(lambda: status(base)["rendezvous_pending"], 60, "the rendezvous to begin", interval=0.2)
+        code, _, body = get(base + "readyz")
+        assert (code, body) == (503, "not ready: rendezvous in progress\n")
+        code, _, body = get(base + "healthz")
+        assert code == 200 and body == "ok: agent loop responsive\n"
+        doc = status(base)
+        assert doc["workers"] == [] and doc["state"] == "INIT" and doc["ready"] is False
+    finally:
+        job.proc.terminate()
+        rc = job.finish()
+    assert rc == 143, job.stderr()

@@ -71,6 +71,9 @@ class _Server(ThreadingHTTPServer):
         self.app = app
         super().__init__((addr, port), _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up mid-answer: nothing to report on the job's console
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -79,7 +82,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        code, ctype, body = self.server.app.answer(path)
+        try:
+            code, ctype, body = self.server.app.answer(path)
+        except Exception as e:  # a bug here must not reach the job's console as a traceback
+            code, ctype, body = 500, TEXT, f"internal error: {type(e).__name__}: {e}\n".encode()
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))

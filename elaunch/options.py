@@ -235,7 +235,9 @@ def _output(opts: Mapping[str, Any], env: Mapping[str, str], warnings: list[str]
     )
 
 
-def _watch(opts: Mapping[str, Any], sources: dict[str, str], env: Mapping[str, str]) -> cfg.WatchConfig:
+def _watch(
+    opts: Mapping[str, Any], sources: dict[str, str], env: Mapping[str, str], warnings: list[str]
+) -> cfg.WatchConfig:
     """The health endpoint and progress settings; the endpoint's address and port are tried now
     (a port in use or an address that is not this host's is a usage error, before anything starts)."""
     raw_port = opts["health_port"]
@@ -244,6 +246,8 @@ def _watch(opts: Mapping[str, Any], sources: dict[str, str], env: Mapping[str, s
         sources["health_port"] = "environment"
     port = cfg.parse_count(raw_port, "--health-port", high=65535)
     addr = str(opts["health_addr"] or "").strip().strip("[]")
+    if port is None and sources.get("health_addr", "default") in GIVEN:
+        warnings.append("--health-addr has no effect without --health-port (the endpoint is off)")
     if port is not None:
         from importlib.util import find_spec
 
@@ -285,7 +289,7 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
     entry_argv, kind = _entry(opts, env)
     output = _output(opts, env, warnings)
     progress_pattern = cfg.parse_progress_pattern(opts["progress_pattern"])
-    watch = _watch(opts, sources, env)
+    watch = _watch(opts, sources, env, warnings)
     if str(opts.get("start_method") or "spawn") not in START_METHODS:
         raise ConfigError(f"--start-method must be one of {', '.join(START_METHODS)}, got {opts['start_method']!r}")
     # torch's one built-in logs spec, "default" (DefaultLogsSpecs), is what elaunch does anyway.

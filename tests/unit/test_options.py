@@ -81,3 +81,9 @@ def test_watch_settings_and_torchruns_health_port_variable(tmp_path: Path) -> No
     assert c.watch == WatchConfig(health_port=0, health_addr="::1", progress_interval=5.0, straggler_factor=2.0,
                                   straggler_window=0.0)  # fmt: skip
     assert c.sources["health_port"] == "option"
+
+
+def test_health_addr_without_a_port_is_a_warning(tmp_path: Path) -> None:
+    c = config(tmp_path, "--health-addr", "0.0.0.0")
+    assert c.watch.health_port is None
+    assert c.warnings == ("--health-addr has no effect without --health-port (the endpoint is off)",)

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from elaunch import events as ev
 from elaunch.health import HealthServer
 from elaunch.metrics import exposition, registry
-from elaunch.runview import RunTracker, fold
+from elaunch.runview import RunTracker, RunView, fold
 from elaunch.status import STATUS_SCHEMA, exit_kind, readiness, status_doc
 from tests.unit.history import T0, attempt, fail_then_succeed, run_started, until
 
@@ -117,3 +117,22 @@ def test_the_launch_path_imports_no_http_or_prometheus() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_an_error_while_answering_is_a_500_not_a_traceback() -> None:
+    import urllib.error
+    import urllib.request
+
+    class Broken:
+        @property
+        def view(self) -> RunView:
+            raise RuntimeError("no view")
+
+    server = HealthServer(Broken(), "127.0.0.1", 0)
+    server.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(server.url + "status", timeout=10)
+        assert err.value.code == 500 and err.value.read() == b"internal error: RuntimeError: no view\n"
+    finally:
+        server.close()

@@ -4,6 +4,7 @@
     python scripts/bench_health.py            # 30 s per variant, 2 reps (~3 min on 2 cores)
     python scripts/bench_health.py --quick    # 10 s, 1 rep
     python scripts/bench_health.py --workers 8 --hz 50 --seconds 60 --reps 3
+    python scripts/bench_health.py --root ../main --variants off   # the floor: a checkout without this work
 
 `--workers` workers (default 8) each draw a real tqdm bar redrawn `--hz` times a second (default
 50: `mininterval=0`, a 1/hz sleep per step), so the agent reads workers*hz progress updates a
@@ -129,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--json", help="write results here instead of bench-results/")
     p.add_argument("--root", default=str(bl.ROOT), help="the elaunch checkout to measure (default: this one)")
-    p.add_argument("--endpoint-only", action="store_true", help="skip the `endpoint off` variant")
+    p.add_argument(
+        "--variants",
+        default="off,on",
+        help="off, on or both (off,on); `--root` of a checkout without the endpoint: off",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.reps = 10.0, 1
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     with bl.Workdir("elaunch-bench-health-") as work:
         for rep in range(args.reps):
             for name, endpoint in (("endpoint off", False), ("endpoint on, scraped 1/s", True)):
-                if args.endpoint_only and not endpoint:
+                if ("on" if endpoint else "off") not in args.variants.split(","):
                     continue
                 print(f"rep {rep + 1}/{args.reps}: {name} ...", file=sys.stderr, flush=True)
                 results[name].append(trial(work, args, endpoint, rep))
@@ -150,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name in results:
+        if not results[name]:
+            continue
         rows.append(
             [
                 name,

@@ -56,16 +56,20 @@ format:
 bench: install-dev
 	$(PY) scripts/bench_launch.py
 	$(PY) scripts/bench_logs.py
+	$(PY) scripts/bench_live.py
 	$(PY) scripts/bench_rendezvous.py
 	$(PY) scripts/bench_recovery.py
 	$(PY) scripts/bench_health.py
+	$(PY) scripts/bench_api.py
 
 bench-quick: install-dev
 	$(PY) scripts/bench_launch.py --quick
 	$(PY) scripts/bench_logs.py --quick
+	$(PY) scripts/bench_live.py --quick
 	$(PY) scripts/bench_rendezvous.py --quick
 	$(PY) scripts/bench_recovery.py --quick
 	$(PY) scripts/bench_health.py --quick
+	$(PY) scripts/bench_api.py --quick
 
 clean:
 	rm -rf build dist *.egg-info bench-results .pytest_cache .mypy_cache .ruff_cache $(VENV)

@@ -85,7 +85,10 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--master-port", help="Port on rank 0's node (static backend)."),
     Opt("--local-addr", help="This node's address as others should reach it."),
     Opt("--logs-specs", help=argparse.SUPPRESS),
-    Opt("--numa-binding", help="Bind workers to CPUs near their device (not supported yet)."),
+    Opt(
+        "--numa-binding",
+        help="Bind each worker to CPUs near its GPU (or spread over NUMA nodes): node, socket, exclusive, core-complex.",
+    ),
     Opt(
         "--signals-to-handle",
         default=DEFAULT_HANDLED,

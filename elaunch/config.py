@@ -6,12 +6,15 @@ import math
 import re
 import signal
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from elaunch.errors import ConfigError
 from elaunch.rendezvous.api import Endpoint, EtcdOptions, RendezvousConfig, RendezvousSettings
 from elaunch.spec import WorkerSpec
 from elaunch.values import Value, field, fields, value
+
+if TYPE_CHECKING:
+    from elaunch.numa import CpuBinding
 
 RDZV_BACKENDS: tuple[str, ...] = ("static", "c10d", "etcd", "etcd-v2")
 ETCD_BACKENDS: tuple[str, ...] = ("etcd", "etcd-v2")
@@ -129,6 +132,8 @@ class LaunchConfig(Value):
     progress_pattern: str | None = None
     """`--progress-pattern`: a regex with a `step` group (and optionally `total`) matching progress lines."""
     watch: WatchConfig = field(default_factory=WatchConfig)
+    cpu_binding: tuple[CpuBinding, ...] = ()
+    """`--numa-binding`: each local worker's CPUs, in local-rank order (empty: not bound)."""
     warnings: tuple[str, ...] = ()
     """Options given but without effect here (torchrun ignores them too); shown at start."""
     dry_run: bool = False
@@ -169,6 +174,7 @@ class LaunchConfig(Value):
             exit_barrier_timeout=self.exit_barrier_timeout,
             virtual_local_rank=self.virtual_local_rank,
             env={**env, "TORCHELASTIC_SIGNALS_TO_HANDLE": handled},
+            cpu_binding=self.cpu_binding,
         )
 
 

@@ -139,9 +139,17 @@ class PlainConsole:
         self._dead: set[int] = set()
         self._progress_at: dict[int, float] = {}
         self._dirty = False
+        self._shown: dict[tuple[int, int], bytes] = {}
+        """(local rank, stream) -> the part of its unfinished line already shown (a prompt)."""
+        self._open: tuple[int, int] | None = None
+        """The worker stream whose unfinished line is the last thing written (the cursor is after it)."""
 
     # -- writing --------------------------------------------------------------------------
-    def _write(self, f: BinaryIO, data: bytes) -> None:
+    def _write(self, f: BinaryIO, data: bytes, *, cont: bool = False) -> None:
+        """Write `data` to `f`; an unfinished line shown last is ended first unless `cont` continues it."""
+        if self._open is not None and not cont:
+            key, self._open = self._open, None
+            self._write(self._out if key[1] == 1 else self._err, b"\n", cont=True)
         if id(f) in self._dead:
             return
         last = self._last
@@ -184,9 +192,18 @@ class PlainConsole:
     def handle(self, e: ev.Event) -> None:
         if isinstance(e, ev.WorkerOutput):
             if shown(self.opts, e.local_rank, e.global_rank, e.stream):
-                data = prefix_lines(e.data, self.prefixes.get(self.views.view, e.local_rank, e.global_rank))
-                self._write(self._out if e.stream == 1 else self._err, data)
+                prefix = self.prefixes.get(self.views.view, e.local_rank, e.global_rank)
+                f = self._out if e.stream == 1 else self._err
+                before = self._shown.pop((e.local_rank, e.stream), None)
+                if before is not None and e.data.startswith(before):
+                    self._complete(f, (e.local_rank, e.stream), e.data[len(before) :], prefix)
+                else:
+                    self._write(f, prefix_lines(e.data, prefix))
             self._progress_at.pop(e.local_rank * 4 + e.stream, None)
+        elif isinstance(e, ev.WorkerBytes):
+            pass  # the raw bytes are for the files; the console writes the decoded lines
+        elif isinstance(e, ev.WorkerPartialLine):
+            self._partial(e)
         elif isinstance(e, ev.WorkerProgress):
             self._progress(e)
         elif isinstance(e, ev.RunFinished):
@@ -200,8 +217,35 @@ class PlainConsole:
             if text:
                 self.note(text, e.ts)
 
-    def _progress(self, e: ev.WorkerProgress) -> None:
+    def _complete(self, f: BinaryIO, key: tuple[int, int], rest: bytes, prefix: bytes) -> None:
+        """The end of a line whose start was shown (a prompt), without repeating the start: right
+        after it when nothing came between, else on a line of its own."""
+        nl = rest.find(b"\n") + 1
+        first, others = rest[:nl], rest[nl:]
+        if self._open == key:
+            self._open = None
+            self._write(f, first + prefix_lines(others, prefix) if others else first, cont=True)
+        elif first != b"\n" or others:
+            self._write(f, prefix_lines(rest if first != b"\n" else others, prefix))
+
+    def _partial(self, e: ev.WorkerPartialLine) -> None:
+        """Show an unfinished line that waits (a prompt): what is new of it, the cursor left after it."""
         if not shown(self.opts, e.local_rank, e.global_rank, e.stream):
+            return
+        key = (e.local_rank, e.stream)
+        f = self._out if e.stream == 1 else self._err
+        before = self._shown.get(key, b"")
+        new = e.text[len(before) :] if e.text.startswith(before) else e.text
+        prefix = self.prefixes.get(self.views.view, e.local_rank, e.global_rank)
+        if self._open == key and new is not e.text:
+            self._write(f, new, cont=True)
+        else:
+            self._write(f, prefix + new)
+        self._shown[key] = e.text
+        self._open = key
+
+    def _progress(self, e: ev.WorkerProgress) -> None:
+        if not e.text or not shown(self.opts, e.local_rank, e.global_rank, e.stream):
             return
         key = e.local_rank * 4 + e.stream
         now = self._now()

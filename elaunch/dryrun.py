@@ -93,5 +93,7 @@ def render_plan(config: LaunchConfig, env: Mapping[str, str], host: str) -> str:
             f"worker local_rank={r.local_rank} rank={r.global_rank} role_rank={r.role_rank} world_size={r.world_size}"
         )
         lines.append(f"  argv: {' '.join(shlex.quote(a) for a in p.argv)}")
+        if p.binding is not None:
+            lines.append(f"  cpus: {p.binding.describe()} via {' '.join(p.binding.prefix)}")
         lines += [f"  env:  {k}={added[k]}" for k in sorted(added)]
     return "\n".join(lines) + "\n"

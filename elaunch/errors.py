@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from elaunch.spec import RunResult, WorkerFailure
+
 
 class ElaunchError(Exception):
     """Base of every error elaunch raises on purpose; `exit_code` is what the CLI returns."""
@@ -41,3 +46,31 @@ class StoreError(RendezvousError):
 
 class WorkerStartError(ElaunchError):
     """A worker process could not be started (e.g. exec failed)."""
+
+
+class ChildFailedError(ElaunchError):
+    """`elaunch.run` / `elastic_launch`: the job failed (torch raises its `ChildFailedError` there).
+
+    `result` is the run's `RunResult`; `failures` (this node's) are keyed by global rank; the
+    message is the CLI's report (root cause first, with its traceback; other nodes' root causes)
+    followed by the traceback of every other rank that failed on its own.
+    """
+
+    def __init__(self, message: str, result: RunResult, remote_failures: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.result = result
+        self.remote_failures = remote_failures
+        """Root causes other nodes published (host, rank, traceback), as the CLI report shows them."""
+
+    @property
+    def failures(self) -> dict[int, WorkerFailure]:
+        return self.result.failures
+
+    @property
+    def root_cause(self) -> WorkerFailure | None:
+        return self.result.root_cause
+
+    def get_first_failure(self) -> tuple[int, WorkerFailure]:
+        """(global rank, failure) of the root cause, as torch's `ChildFailedError.get_first_failure`."""
+        cause = self.root_cause or next(iter(self.failures.values()))
+        return cause.global_rank, cause

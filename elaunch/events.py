@@ -115,12 +115,37 @@ class WorkerOutput(Event):
 
 @event
 class WorkerProgress(Event):
-    """The latest state of a `\\r`-updated line (a progress bar) that has no newline yet."""
+    """The latest state of a `\\r`-updated line (a progress bar) that has no newline yet; for a worker
+    drawing with cursor movements (nested tqdm bars, rich), the rows it still redraws, one per
+    line (see terminal.py). b"" when the bars were cleared."""
 
     local_rank: int
     global_rank: int
     stream: int
     text: bytes
+
+
+@event
+class WorkerPartialLine(Event):
+    """A line the worker started and left unfinished (a prompt such as `name? ` or `(Pdb) `): `text` is
+    the whole line so far, without a newline. Published once it has been idle for a moment, then at
+    each change until the line ends; the line's bytes come again, whole, in the next WorkerOutput."""
+
+    local_rank: int
+    global_rank: int
+    stream: int
+    text: bytes
+
+
+@event
+class WorkerBytes(Event):
+    """Bytes exactly as read from a worker's `stream`, in any chunking: what the per-rank log files
+    hold (WorkerOutput is the rendered text for the console)."""
+
+    local_rank: int
+    global_rank: int
+    stream: int
+    data: bytes
 
 
 @event

@@ -28,6 +28,7 @@ from elaunch.runview import RunTracker, RunView
 from elaunch.signals import SignalTrap
 from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
+from elaunch.terminal import pty_plan, terminal_restored
 from elaunch.workers import LocalProcesses
 
 __all__ = ["build_config", "launch", "print_plan"]
@@ -119,7 +120,15 @@ def launch(
             if output.log_dir is None:
                 bus.publish(Message(level="info", text=f"-r/-t: worker output files are kept in {run_dir.path}"))
             bus.subscribe(log_files)
-        procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval)
+        # On a terminal, workers get ptys (they draw as under torchrun) and stdin is put back as it
+        # was if a worker dies inside input() with readline's settings on it.
+        ptys = None
+        if stdout is None and stderr is None:
+            stack.enter_context(terminal_restored(0))
+            width = len(str(max(config.max_nodes * config.nproc_per_node - 1, 0)))
+            margin = width + 3 + (len(host) + 1 if not config.single_node else 0)
+            ptys = pty_plan(sys.stdout, sys.stderr, output.redirects, output.tee, margin)
+        procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval, ptys=ptys)
         stack.callback(procs.close)
         if health is not None:
             health.set_wake(procs.wake)

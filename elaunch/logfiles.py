@@ -1,8 +1,10 @@
-"""Per-worker log files for `--redirects`/`--tee`: torchrun's layout, every line kept.
+"""Per-worker log files for `--redirects`/`--tee`: torchrun's layout, byte-exact.
 
-Lines are written as the console gets them: bytes as the worker wrote them, except that a line
-redrawn with `\r` (a progress bar) is kept in its final state only, not as every redraw. The
-attempt (which `attempt_<k>` directory) is read from the run's view, not tracked here.
+Each file holds exactly the bytes the worker wrote on that stream (`WorkerBytes`, as read from its
+pipe or terminal): `\r` redraws, escape codes, invalid UTF-8, lines of any length and a missing
+final newline included, as torchrun's files. Only the console renders. The `filtered_*.log`
+duplicates are whole lines of the rendered text. The attempt (which `attempt_<k>` directory) is
+read from the run's view, not tracked here.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ class LogFiles:
         return self._redirects.for_rank(local_rank) | self._tee.for_rank(local_rank)
 
     def handle(self, e: ev.Event) -> None:
-        if isinstance(e, ev.WorkerOutput):
+        if isinstance(e, ev.WorkerBytes):
             f = self._files.get((e.local_rank, e.stream))
             if f is not None:
                 f.write(e.data)
+        elif isinstance(e, ev.WorkerOutput):
             needles = self._needles.get(e.stream)
             if needles and self._tee.for_rank(e.local_rank) & e.stream:
                 self._duplicate(e, needles)

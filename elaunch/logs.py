@@ -11,7 +11,7 @@ from __future__ import annotations
 MAX_LINE = 1 << 20
 """A line longer than this without a newline is passed on in pieces of this size."""
 COMPACT_AT = 1 << 12
-"""An unfinished `\r`-redrawn line longer than this keeps only what its redraws still show: a bar
+"""An unfinished `\\r`-redrawn line longer than this keeps only what its redraws still show: a bar
 redrawn 50 times a second would otherwise grow by 3 KB/s and be split whole at every redraw."""
 
 
@@ -39,6 +39,17 @@ class LineBuffer:
         if b"\r" in head:
             head = collapse_cr(head)
         return head, self._progress()
+
+    def pending(self) -> bytes:
+        """The unfinished last line when it is not a `\\r`-redrawn bar (a prompt), else b""."""
+        p = self._partial
+        return b"" if b"\r" in p else p
+
+    def take_partial(self) -> bytes:
+        """The unfinished last line as received (a `\\r`-redrawn one compacted past COMPACT_AT),
+        leaving the buffer empty (to hand the stream on)."""
+        p, self._partial = self._partial, b""
+        return p
 
     def _progress(self) -> bytes | None:
         p = self._partial

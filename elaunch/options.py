@@ -12,13 +12,16 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from elaunch import config as cfg
 from elaunch.config import LaunchConfig, OutputConfig
 from elaunch.devices import device_counts
 from elaunch.errors import ConfigError, NotSupportedError
 from elaunch.rendezvous.api import BackendName, Endpoint, RendezvousConfig
+
+if TYPE_CHECKING:
+    from elaunch.numa import CpuBinding, Topology
 
 RUN_PATH_CODE = (
     "import runpy, sys; sys.argv = sys.argv[1:]; "
@@ -265,11 +268,14 @@ def _watch(
     )
 
 
-def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str]) -> LaunchConfig:
+def build_config(
+    opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str], *, topology: Topology | None = None
+) -> LaunchConfig:
     """Validate every option (with SLURM's defaults filled in inside an `srun` step).
 
     `opts` maps the click parameter names to raw values, `sources` each name to "option",
-    "environment" or "default". Raises ConfigError (exit 2) for any usage error; starts nothing.
+    "environment" or "default". `topology` replaces this machine's for --numa-binding (tests,
+    recorded machines). Raises ConfigError (exit 2) for any usage error; starts nothing.
     """
     opts, sources = dict(opts), dict(sources)
     if "SLURM_JOB_ID" in env:
@@ -298,8 +304,11 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
             f"--logs-specs {opts['logs_specs']}: torchrun plugin entry points are not supported "
             f"(only 'default'); use --log-dir"
         )
+    cpu_binding: tuple[CpuBinding, ...] = ()
     if opts["numa_binding"]:
-        raise NotSupportedError("--numa-binding is not supported yet")
+        from elaunch.numa import bind_workers
+
+        cpu_binding = bind_workers(str(opts["numa_binding"]).strip(), nproc, env, topology)
     if str(opts.get("event_log_handler") or "null") != "null":
         raise NotSupportedError(
             f"--event-log-handler {opts['event_log_handler']}: torch's event handlers are not supported; "
@@ -324,6 +333,7 @@ def build_config(opts: Mapping[str, Any], sources: Mapping[str, str], env: Mappi
         virtual_local_rank=bool(opts["virtual_local_rank"]),
         progress_pattern=progress_pattern,
         watch=watch,
+        cpu_binding=cpu_binding,
         warnings=tuple(warnings),
         dry_run=bool(opts["dry_run"]),
         sources=sources,

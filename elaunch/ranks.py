@@ -126,6 +126,7 @@ def worker_plans(
                     virtual_local_rank=spec.virtual_local_rank,
                 ),
                 error_file=path,
+                binding=spec.cpu_binding[r.local_rank] if spec.cpu_binding else None,
             )
         )
     return out

@@ -151,6 +151,8 @@ class EventsFile:
         self._f.write(json.dumps({"event": "Schema", "schema": EVENTS_SCHEMA}) + "\n")
 
     def handle(self, e: ev.Event) -> None:
+        if isinstance(e, ev.WorkerBytes | ev.WorkerPartialLine):
+            return  # the output itself: summarised by WorkerOutput, kept by --log-dir
         self._f.write(json.dumps(event_record(e)) + "\n")
 
     def flush(self) -> None:

@@ -52,8 +52,10 @@ class WorkerRow(Value):
 
     `attempt` counts rendezvous rounds on this node (the `attempt_<k>` directory); `restart` is
     the failure restarts used when it started. `exitcode`/`signal`/`stopped_by_agent` are set
-    when it reaches a terminal state. `progress` is its pending `\\r`-redrawn line, or "";
-    `steps` its step, total and rate read from its output (progress.py), `straggler` whether
+    when it reaches a terminal state. `progress` is its pending `\\r`-redrawn line (or the rows of
+    bars it redraws, one per line), or ""; `progress_stream` the stream it is drawn on (output on
+    the other stream, such as `tqdm.write` lines on stdout under bars on stderr, leaves it).
+    `steps` is its step, total and rate read from its output (progress.py), `straggler` whether
     it is marked slow (`StragglerChanged`).
     """
 
@@ -68,6 +70,7 @@ class WorkerRow(Value):
     ended: float | None = None
     last_output: float | None = None
     progress: str = ""
+    progress_stream: int = 0
     exitcode: int | None = None
     signal: int | None = None
     stopped_by_agent: bool = False
@@ -261,7 +264,10 @@ def _output(v: RunView, e: ev.WorkerOutput) -> RunView:
     row = v.worker(e.local_rank)
     if row is None:
         return v
-    return _with_row(v, replace(row, last_output=e.ts, progress="", steps=_steps(v, row, e.data, e.ts)))
+    steps = _steps(v, row, e.data, e.ts)
+    if row.progress and e.stream != row.progress_stream:
+        return _with_row(v, replace(row, last_output=e.ts, steps=steps))
+    return _with_row(v, replace(row, last_output=e.ts, progress="", steps=steps))
 
 
 def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
@@ -272,7 +278,7 @@ def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
     steps = row.steps
     if steps is None or e.ts - steps.read_at >= PARSE_PERIOD:  # else read when the view is (progress_of)
         steps = _steps(v, row, e.text, e.ts)
-    return _with_row(v, replace(row, last_output=e.ts, progress=text, steps=steps))
+    return _with_row(v, replace(row, last_output=e.ts, progress=text, progress_stream=e.stream, steps=steps))
 
 
 def _straggler(v: RunView, e: ev.StragglerChanged) -> RunView:

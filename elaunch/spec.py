@@ -11,6 +11,7 @@ from elaunch.values import Record, Value, field, record, value
 
 if TYPE_CHECKING:
     from elaunch.config import EntryKind
+    from elaunch.numa import CpuBinding
 
 
 class WorkerState(str, enum.Enum):
@@ -77,6 +78,8 @@ class WorkerSpec(Value):
     virtual_local_rank: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     """Environment of the agent, captured once: the base every worker's environment starts from."""
+    cpu_binding: tuple[CpuBinding, ...] = ()
+    """`--numa-binding`: each local worker's CPUs (elaunch/numa.py), in local-rank order; empty: unbound."""
 
     def __post_init__(self) -> None:
         if self.local_world_size <= 0:
@@ -109,6 +112,8 @@ class WorkerPlan(Value):
     env: Mapping[str, str]
     error_file: str
     """torch's TORCHELASTIC_ERROR_FILE for this worker (`@record` writes it)."""
+    binding: CpuBinding | None = None
+    """`--numa-binding`: its CPUs, and the command (numactl/taskset) that sets them before it runs."""
 
     @property
     def local_rank(self) -> int:
@@ -212,7 +217,8 @@ class RunResult(Value):
     """Outcome of a run; `failures` and `return_values` are keyed by global rank."""
 
     state: WorkerState
-    return_values: dict[int, int] = field(default_factory=dict)
+    return_values: dict[int, Any] = field(default_factory=dict)
+    """0 per rank for scripts (their exit code); the function's return value with `elaunch.run`."""
     failures: dict[int, WorkerFailure] = field(default_factory=dict)
     interrupted_by: int | None = None
     """The signal that made the agent shut the job down, if any."""

@@ -20,14 +20,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from elaunch.errors import WorkerStartError
-from elaunch.events import Bus, WorkerOutput, WorkerProgress
-from elaunch.logs import LineBuffer
+from elaunch.events import Bus, Message, WorkerBytes, WorkerOutput, WorkerPartialLine, WorkerProgress
 from elaunch.reaper import Reaper
 from elaunch.signals import SelfPipe, SignalTrap, kill_group
 from elaunch.spec import WorkerPlan
 from elaunch.tails import Explanation, OutputTail
+from elaunch.terminal import Decoded, PtyPlan, StreamDecoder, open_pty
 from elaunch.values import Record, Value, field, record, replace, value
 
+NO_EMULATOR = (
+    "a worker draws with cursor movements (nested tqdm bars, rich): its output is shown with its escape "
+    "codes; install pyte (pip install 'pyte>=0.8.2,<0.9', a dependency of elaunch) to see what it draws"
+)
 F_SETPIPE_SZ = 1031
 PR_SET_PDEATHSIG = 1
 
@@ -65,7 +69,9 @@ class _Proc(Record):
     popen: subprocess.Popen[bytes]
     pidfd: int | None
     fds: dict[int, int]
-    bufs: dict[int, LineBuffer]
+    bufs: dict[int, StreamDecoder]
+    ptys: set[int] = field(default_factory=set)
+    """Streams read from a pty master (closed here) rather than a pipe (closed with the Popen)."""
     tail: OutputTail = field(default_factory=OutputTail)
     exit: Exit | None = None
 
@@ -138,9 +144,16 @@ class LocalProcesses:
     """One generation of workers at a time; `wait` is the agent's only blocking call."""
 
     def __init__(
-        self, bus: Bus, trap: SignalTrap | None = None, reaper: Reaper | None = None, poll_interval: float = 0.1
+        self,
+        bus: Bus,
+        trap: SignalTrap | None = None,
+        reaper: Reaper | None = None,
+        poll_interval: float = 0.1,
+        ptys: PtyPlan | None = None,
     ) -> None:
-        """`poll_interval` (--monitor-interval): how often exits are polled where pidfds are missing."""
+        """`poll_interval` (--monitor-interval): how often exits are polled where pidfds are missing.
+        `ptys`: which worker streams write to a pty instead of a pipe (elaunch's own output is a
+        terminal; see terminal.py)."""
         self._bus = bus
         self._poll = poll_interval
         self._trap = trap
@@ -156,6 +169,10 @@ class LocalProcesses:
         self._last_ts = 0.0
         self._use_pidfd = hasattr(os, "pidfd_open")
         self._spawn_thread = threading.get_ident()
+        self._ptys = ptys
+        self._warned_emulator = False
+        self._timed: set[tuple[int, int]] = set()
+        """(local rank, stream) whose decoder waits for time to pass (a prompt, bars going stale)."""
 
     # -- starting -------------------------------------------------------------------------
     def start(self, plans: Iterable[WorkerPlan]) -> dict[int, int]:
@@ -170,24 +187,33 @@ class LocalProcesses:
             # Marks the workers of this generation for the reaper until their pids are known.
             self._reaper.spawning(f"TORCHELASTIC_ERROR_FILE={os.path.dirname(os.path.dirname(plans[0].error_file))}/")
         for plan in plans:
+            ptys: dict[int, tuple[int, int]] = {}
             try:
                 if self._setpriv is not None:
                     why = check_executable(plan.argv[0], plan.env)
                     if why is not None:
                         raise OSError(why)
+                for stream in (1, 2):
+                    if self._ptys is not None and self._ptys.wants(plan.local_rank, stream):
+                        ptys[stream] = open_pty(self._ptys.columns, self._ptys.lines)
                 popen = subprocess.Popen(
-                    [*(self._setpriv or ()), *plan.argv],
+                    [*(self._setpriv or ()), *(plan.binding.prefix if plan.binding else ()), *plan.argv],
                     env=dict(plan.env),
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
+                    stdout=ptys[1][1] if 1 in ptys else subprocess.PIPE,
+                    stderr=ptys[2][1] if 2 in ptys else subprocess.PIPE,
                     start_new_session=True,
                     preexec_fn=self._child_setup,
                     close_fds=True,
                 )
             except OSError as e:
+                for master, slave in ptys.values():
+                    os.close(master)
+                    os.close(slave)
                 self.kill_all()
                 self.release()
                 raise WorkerStartError(f"cannot start {plan.argv[0]!r}: {e.strerror or e}") from None
+            for _, slave in ptys.values():
+                os.close(slave)  # the worker has it: EOF (EIO) on the master once it and its children end
             if self._reaper is not None:
                 self._reaper.watch(popen.pid)
             pidfd = None
@@ -197,14 +223,18 @@ class LocalProcesses:
                 except OSError:
                     self._use_pidfd = False
             proc = _Proc(plan, popen, pidfd, {}, {})
-            assert popen.stdout is not None and popen.stderr is not None
             for stream, f in ((1, popen.stdout), (2, popen.stderr)):
-                fd = f.fileno()
+                if stream in ptys:
+                    fd = ptys[stream][0]
+                    proc.ptys.add(stream)
+                else:
+                    assert f is not None
+                    fd = f.fileno()
+                    with contextlib.suppress(OSError):
+                        fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
                 os.set_blocking(fd, False)
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
                 proc.fds[stream] = fd
-                proc.bufs[stream] = LineBuffer()
+                proc.bufs[stream] = StreamDecoder()
                 self._sel.register(fd, selectors.EVENT_READ, ("out", plan.local_rank, stream))
             if pidfd is not None:
                 self._sel.register(pidfd, selectors.EVENT_READ, ("exit", plan.local_rank))
@@ -235,6 +265,10 @@ class LocalProcesses:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._use_pidfd:
                 remaining = self._poll if remaining is None else min(remaining, self._poll)
+            due = self._next_due()
+            if due is not None:
+                until_due = max(0.0, due - time.monotonic())
+                remaining = until_due if remaining is None else min(remaining, until_due)
             ready = self._sel.select(remaining)
             # Under a flood of output keep reading while data is ready and flush once when idle:
             # a flush per tiny read (unbuffered workers write each line in two calls) is costly.
@@ -248,6 +282,8 @@ class LocalProcesses:
                 for lr, p in list(self._procs.items()):
                     if p.exit is None and p.popen.poll() is not None:
                         self._reap(lr, result)
+            if self._timed:
+                self._tick()
             self._bus.flush()
             if result.exits or result.signals or result.woken:
                 return result
@@ -282,14 +318,51 @@ class LocalProcesses:
         if not data:
             self._close_stream(proc, stream)
             return False
-        lines, progress = proc.bufs[stream].feed(data)
         gr = proc.plan.global_rank
+        self._bus.publish(WorkerBytes(local_rank=local_rank, global_rank=gr, stream=stream, data=data))
+        buf = proc.bufs[stream]
+        self._publish(proc, stream, buf.feed(data, time.monotonic()))
+        if buf.missing_emulator and not self._warned_emulator:
+            self._warned_emulator = True
+            self._bus.publish(Message(level="warning", text=NO_EMULATOR))
+        if buf.due() is not None:
+            self._timed.add((local_rank, stream))
+        return True
+
+    def _publish(self, proc: _Proc, stream: int, d: Decoded) -> None:
+        lines, bars, partial = d
+        lr, gr = proc.plan.local_rank, proc.plan.global_rank
         if lines:
             proc.tail.feed(stream, lines)
-            self._bus.publish(WorkerOutput(local_rank=local_rank, global_rank=gr, stream=stream, data=lines))
-        if progress is not None:
-            self._bus.publish(WorkerProgress(local_rank=local_rank, global_rank=gr, stream=stream, text=progress))
-        return True
+            self._bus.publish(WorkerOutput(local_rank=lr, global_rank=gr, stream=stream, data=lines))
+        if bars is not None:
+            self._bus.publish(WorkerProgress(local_rank=lr, global_rank=gr, stream=stream, text=bars))
+        if partial is not None:
+            self._bus.publish(WorkerPartialLine(local_rank=lr, global_rank=gr, stream=stream, text=partial))
+
+    def _next_due(self) -> float | None:
+        """The earliest time a stream's decoder has something to do without new bytes."""
+        due = None
+        for lr, stream in list(self._timed):
+            proc = self._procs.get(lr)
+            t = proc.bufs[stream].due() if proc is not None and stream in proc.fds else None
+            if t is None:
+                self._timed.discard((lr, stream))
+            elif due is None or t < due:
+                due = t
+        return due
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for lr, stream in list(self._timed):
+            proc = self._procs.get(lr)
+            if proc is None or stream not in proc.fds:
+                self._timed.discard((lr, stream))
+                continue
+            buf = proc.bufs[stream]
+            t = buf.due()
+            if t is not None and t <= now:
+                self._publish(proc, stream, buf.tick(now))
 
     def _close_stream(self, proc: _Proc, stream: int) -> None:
         fd = proc.fds.pop(stream)
@@ -303,6 +376,9 @@ class LocalProcesses:
                     local_rank=proc.plan.local_rank, global_rank=proc.plan.global_rank, stream=stream, data=rest
                 )
             )
+        if stream in proc.ptys:
+            os.close(fd)
+            return
         f = proc.popen.stdout if stream == 1 else proc.popen.stderr
         if f is not None:
             f.close()
@@ -390,6 +466,7 @@ class LocalProcesses:
                 self._reaper.unwatch(proc.popen.pid)
         self._bus.flush()
         self._procs.clear()
+        self._timed.clear()
         return exits
 
     def _explained(self, ex: Exit) -> Exit:

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test bed needs (network namespaces, nftables,
-# etcd, SLURM, munge).  Idempotent: apt-get runs only when something is missing.
+# etcd, SLURM, munge, numactl for --numa-binding).  Idempotent: apt-get runs only when something is missing.
 # There is no init system here, so package postinst scripts must not try to
 # start services: a temporary policy-rc.d returning 101 tells invoke-rc.d no.
 set -euo pipefail
 
 PACKAGES=(iproute2 nftables etcd-server etcd-client slurm-wlm slurmctld slurmd
-          slurm-client munge util-linux procps)
+          slurm-client munge util-linux procps numactl)
 BINARIES=(ip nft etcd etcdctl slurmctld slurmd sbatch srun squeue scancel sinfo
-          scontrol munged mungekey nsenter unshare ps)
+          scontrol munged mungekey nsenter unshare ps numactl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

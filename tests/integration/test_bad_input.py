@@ -34,7 +34,7 @@ CASES = [
     (["--rdzv-backend", "zookeeper"], "ok", "--rdzv-backend"),
     (["--signals-to-handle", "SIGNOPE"], "ok", "unknown signal"),
     (["--standalone", "--nnodes", "2"], "ok", "--standalone"),
-    (["--numa-binding", "node"], "ok", "not supported yet"),
+    (["--numa-binding", "nodes"], "ok", "--numa-binding must be one of node, socket, exclusive, core-complex"),
     (["--redirects", "7"], "ok", "--redirects"),
     (["--ranks-filter", "x"], "ok", "--ranks-filter"),
     (["--shutdown-timeout", "soon"], "ok", "--shutdown-timeout"),

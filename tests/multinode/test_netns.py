@@ -218,7 +218,9 @@ def test_late_node_is_admitted(make_job: Callable[..., Job]) -> None:
     done = job.records("done")
     assert hosts_of(done) == ["host1", "host2", "host3"]
     assert {r["world"] for r in done} == {"3"}
-    assert {r["restart"] for r in done} == {"0"}  # a membership change uses no restart
+    # TORCHELASTIC_RESTART_COUNT is job-wide: the re-formed group (round 1) sees 1 on every node, the
+    # newcomer included, so all resume alike; the membership change used no restart of the budget.
+    assert {r["restart"] for r in done} == {"1"}
     assert "waiting to join" in job.err(1)
     assert "no restart used" in job.err(1)
     job.assert_nothing_left()

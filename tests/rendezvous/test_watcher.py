@@ -43,7 +43,7 @@ def test_a_stuck_neighbour_is_released_reported_and_skipped() -> None:
     assert not beat()
     assert ring.target == 1
     wait_until(beat, 5, "b to be found lost", interval=0.02, max_interval=0.1)
-    assert state.view() == Membership(lost=("host-b",))
+    assert state.view() == Membership(lost=("host-b (group rank 1)",))
     r0 = keys.round(0)
     assert store.get(r0.rel(1)) == b"lost:a"  # its slot was released, by us
     assert store.add(r0.released, 0) == 1

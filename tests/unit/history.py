@@ -63,8 +63,10 @@ def fail_then_succeed() -> list[ev.Event]:
     h: list[ev.Event] = [run_started()]
     h += attempt(T0 + 0.5, 2, round_=0, restart=0, first_pid=100)
     h += [
+        ev.WorkerBytes(ts=T0 + 1.0, local_rank=0, global_rank=0, stream=1, data=b"step 1\nstep 2\n"),
         ev.WorkerOutput(ts=T0 + 1.0, local_rank=0, global_rank=0, stream=1, data=b"step 1\nstep 2\n"),
         ev.WorkerProgress(ts=T0 + 1.125, local_rank=0, global_rank=0, stream=2, text=b" 40%|####  |"),
+        ev.WorkerBytes(ts=T0 + 1.25, local_rank=1, global_rank=1, stream=2, data=(TRACEBACK + "\n").encode()),
         ev.WorkerOutput(ts=T0 + 1.25, local_rank=1, global_rank=1, stream=2, data=(TRACEBACK + "\n").encode()),
         ended(T0 + 1.5, 1, 101, S.FAILED, 0, exitcode=1),
         ev.GroupStateChanged(ts=T0 + 1.625, old=S.HEALTHY, new=S.FAILED, restart=0),
@@ -81,6 +83,7 @@ def fail_then_succeed() -> list[ev.Event]:
     ]
     h += attempt(T0 + 2.5, 2, round_=1, restart=1, first_pid=102)
     h += [
+        ev.WorkerBytes(ts=T0 + 3.0, local_rank=1, global_rank=1, stream=1, data=b"hello\n"),
         ev.WorkerOutput(ts=T0 + 3.0, local_rank=1, global_rank=1, stream=1, data=b"hello\n"),
         ended(T0 + 3.25, 0, 102, S.SUCCEEDED, 1, exitcode=0),
         ended(T0 + 3.375, 1, 103, S.SUCCEEDED, 1, exitcode=0),

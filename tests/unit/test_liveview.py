@@ -166,3 +166,49 @@ def test_cpu_percent_is_measured_over_a_second_and_capped() -> None:
     assert usage.sample([me])[me][0] == "0%"  # less than CPU_INTERVAL since: the last value, not a spike
     t[0] += CPU_INTERVAL
     assert int(usage.sample([me])[me][0][:-1]) <= 100 * (os.cpu_count() or 1)
+
+
+def test_redraws_do_not_grow_with_the_output_rate() -> None:
+    # Each print above the status area redraws it: lines are gathered and printed together.
+    screen = Console(file=io.StringIO(), width=150, color_system=None, force_terminal=True, record=True)
+    tracker, live, _ = _live(screen)
+    renders = 0
+    draw = live._status.__rich__
+
+    def counting() -> object:
+        nonlocal renders
+        renders += 1
+        return draw()
+
+    live._status.__rich__ = counting  # type: ignore[method-assign]
+    bus = ev.Bus([tracker, live])
+    for e in [run_started(nproc=64), *attempt(T0, 64, round_=0, restart=0, first_pid=1000, world=64)]:
+        bus.publish(e)
+    for i in range(40):
+        for r in range(64):
+            bus.publish(ev.WorkerOutput(local_rank=r, global_rank=r, stream=1, data=b"line %d\n" % i))
+    live.close()
+    text = screen.export_text()
+    assert text.count("line ") == 40 * 64  # every line, in order per rank
+    assert [int(x.split()[3]) for x in text.splitlines() if x.startswith("[ 7] line")] == list(range(40))
+    assert renders < 200, renders  # 2560 lines; redraws follow time (10 prints and 4 refreshes a second)
+
+
+def test_the_status_area_steps_aside_for_a_prompt() -> None:
+    out = io.StringIO()
+    screen = Console(file=out, width=150, color_system=None, force_terminal=True)
+    tracker, live, _ = _live(screen)
+    bus = ev.Bus([tracker, live])
+    for e in [run_started(nproc=2), *attempt(T0, 2, round_=0, restart=0, first_pid=1000, world=2)]:
+        bus.publish(e)
+    bus.publish(ev.WorkerPartialLine(local_rank=0, global_rank=0, stream=1, text=b"(Pdb) "))
+    assert not live._live.is_started  # the terminal is the prompt's
+    assert out.getvalue().endswith("\r\x1b[2K[0] (Pdb) ")
+    bus.publish(ev.WorkerPartialLine(local_rank=0, global_rank=0, stream=1, text=b"(Pdb) p x"))
+    assert out.getvalue().endswith("\r\x1b[2K[0] (Pdb) p x")
+    bus.publish(ev.WorkerOutput(local_rank=0, global_rank=0, stream=1, data=b"(Pdb) p x\n41\n"))
+    assert live._live.is_started  # the line ended: the status area is back
+    live.close()
+    text = out.getvalue()
+    assert "(Pdb) p x\n" in text and "[0] 41\n" in text
+    assert text.count("(Pdb) p x") == 1  # the line is not printed again

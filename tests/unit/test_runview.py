@@ -54,6 +54,16 @@ def test_progress_is_pending_until_the_next_line() -> None:
     assert row is not None and (row.progress, row.last_output) == ("", T0 + 1.1875)
 
 
+def test_lines_on_the_other_stream_leave_the_bars() -> None:
+    v = fold(until(fail_then_succeed(), ev.WorkerProgress))  # rank 0 draws on stderr
+    v = advance(v, ev.WorkerOutput(ts=T0 + 1.2, local_rank=0, global_rank=0, stream=1, data=b"tqdm.write\n"))
+    row = v.worker(0)
+    assert row is not None and (row.progress, row.progress_stream) == ("40%|####  |", 2)
+    v = advance(v, ev.WorkerProgress(ts=T0 + 1.3, local_rank=0, global_rank=0, stream=2, text=b""))
+    row = v.worker(0)
+    assert row is not None and row.progress == ""  # the bars were erased
+
+
 def test_advance_never_changes_the_view_it_is_given() -> None:
     history = fail_then_succeed()
     views = [RunView()]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from elaunch import events as ev
-from elaunch.errors import RendezvousClosedError, RendezvousError, WorkerStartError
+from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousRefusedError, WorkerStartError
 from elaunch.failures import cause_text, failure_summary
 from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, stopped_by_agent, worker_exit_state
 from elaunch.ranks import worker_plans
@@ -140,6 +140,9 @@ class Agent:
         except RendezvousClosedError as e:
             self._stop_workers(signal.SIGTERM)
             result = self._result(WorkerState.FAILED, message=f"the job was closed: {e.message}")
+        except RendezvousRefusedError as e:  # not in the others' job: nothing of theirs to close
+            self._stop_workers(signal.SIGTERM)
+            result = self._result(WorkerState.FAILED, message=e.message)
         except (RendezvousError, WorkerStartError) as e:
             self._stop_workers(signal.SIGTERM)
             self._close(f"{self._host}: {e.message}")
@@ -290,6 +293,8 @@ class Agent:
         woke = self._procs.wait(0)
         self._record_exits(woke.exits)
         self._handle_signals(woke.signals)
+        if sig == signal.SIGPIPE:  # the job's output is gone (outputs.py): the workers get a plain SIGTERM
+            sig = signal.SIGTERM
         self._stopping, self._stop_signal = True, sig
         running = self._procs.running()
         if running:
@@ -323,7 +328,7 @@ class Agent:
                 self._shutdown_signals.append(sig)
             self._bus.publish(ev.SignalReceived(signal=sig, action=action))
             if action == "shutdown" and self._stopping and self._procs.running():
-                self._procs.send(sig)
+                self._procs.send(signal.SIGTERM if sig == signal.SIGPIPE else sig)
             kill_now = kill_now or action == "kill"
         if kill_now:
             self._procs.send(signal.SIGKILL)

@@ -281,7 +281,11 @@ def entry() -> None:
     """Console-script entry: run, flush, and skip interpreter teardown (it only costs time).
 
     Everything elaunch started is stopped and reaped inside `run`; no atexit work remains.
+    Closed standard descriptors are opened on /dev/null first (stdfds.py).
     """
+    from elaunch.stdfds import ensure_std_fds
+
+    ensure_std_fds()
     code = run()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -178,12 +178,20 @@ class LaunchConfig(Value):
         )
 
 
+MAX_NODES = 1 << 20
+"""Most nodes a job may name (--nnodes): far above any cluster, far below what overflows a count."""
+MAX_NPROC = 1 << 16
+"""Most workers per node (--nproc-per-node): more processes than a node's pid space allows."""
+
+
 def parse_nnodes(value: str) -> tuple[int, int]:
     """`N` or `MIN:MAX` with 0 < MIN <= MAX."""
     parts = value.strip().split(":")
     if len(parts) not in (1, 2) or not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
         raise ConfigError(f"--nnodes must be N or MIN:MAX with whole numbers, got {value!r}")
     lo, hi = int(parts[0]), int(parts[-1])
+    if hi > MAX_NODES:
+        raise ConfigError(f"--nnodes: at most {MAX_NODES} nodes, got {value!r}")
     if lo <= 0:
         raise ConfigError(f"--nnodes: the minimum number of nodes must be at least 1, got {value!r}")
     if lo > hi:
@@ -201,6 +209,8 @@ def parse_nproc(value: str, devices: Mapping[str, int | None]) -> int:
         n = int(v)
         if n <= 0:
             raise ConfigError(f"--nproc-per-node must be at least 1, got {value!r}")
+        if n > MAX_NPROC:
+            raise ConfigError(f"--nproc-per-node: at most {MAX_NPROC} workers per node, got {value!r}")
         return n
     if v == "cpu":
         return int(devices.get("cpu") or 1)
@@ -432,10 +442,12 @@ def parse_signals(value: str) -> tuple[int, ...]:
 
 MAX_SECONDS = 10**9
 """Longest accepted duration (about 31 years): larger values overflow the OS's timers."""
+MIN_SECONDS = 0.001
+"""Shortest non-zero duration: below it, timedelta and c10d round a timeout to 0 (which means none)."""
 
 
 def parse_seconds(value: str | float, option: str, *, allow_zero: bool = False) -> float:
-    """A finite duration in seconds, > 0 (or >= 0 with `allow_zero`) and at most MAX_SECONDS."""
+    """A finite duration in seconds, at least MIN_SECONDS (or 0 with `allow_zero`) and at most MAX_SECONDS."""
     try:
         f = float(value)
     except (TypeError, ValueError):
@@ -444,6 +456,12 @@ def parse_seconds(value: str | float, option: str, *, allow_zero: bool = False) 
         raise ConfigError(f"{option}: expected a finite number of seconds up to {MAX_SECONDS}, got {value!r}")
     if f < 0 or (f == 0 and not allow_zero):
         raise ConfigError(f"{option}: must be {'0 or more' if allow_zero else 'greater than 0'} seconds, got {value!r}")
+    if 0 < f < MIN_SECONDS:
+        raise ConfigError(
+            f"{option}: must be 0 or at least {MIN_SECONDS:g} seconds, got {value!r}"
+            if allow_zero
+            else f"{option}: must be at least {MIN_SECONDS:g} seconds, got {value!r}"
+        )
     return f
 
 

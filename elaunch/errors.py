@@ -40,6 +40,11 @@ class RendezvousClosedError(RendezvousError):
     """Another node closed the job: it finished, failed or was stopped."""
 
 
+class RendezvousRefusedError(RendezvousError):
+    """This node is not let into the job (a job with the same run id is already running whole):
+    it ends without closing or leaving the job of the others."""
+
+
 class StoreError(RendezvousError):
     """The key-value store behind the rendezvous failed or is unreachable."""
 

@@ -8,6 +8,7 @@ line, so that a million lines cost a few thousand events.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -245,6 +246,7 @@ class Bus:
         self._sinks: list[Sink] = list(sinks)
         self._queue: list[Event] = []
         self._delivering = False
+        self._posted: deque[Event] = deque()
 
     def subscribe(self, sink: Sink) -> None:
         self._sinks.append(sink)
@@ -265,7 +267,14 @@ class Bus:
             self._delivering = False
             self._queue.clear()
 
+    def post(self, event: Event) -> None:
+        """From another thread: `event` is published by the agent's thread at its next `flush`
+        (wake the agent to make that soon). deque.append is atomic: no lock."""
+        self._posted.append(event)
+
     def flush(self) -> None:
+        while self._posted:
+            self.publish(self._posted.popleft())
         for sink in self._sinks:
             sink.flush()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from elaunch.spec import WorkerFailure
+from elaunch.tails import clip_text
 
 OOM_HINT = " (the kernel's OOM killer is a common cause: check `dmesg`)"
 
@@ -26,11 +27,16 @@ def cause_text(f: WorkerFailure) -> str:
     return f"rank {f.global_rank} (pid {f.pid}) {how_it_ended(f)}"
 
 
+SUMMARY_CHARS = 16 * 1024
+"""The most a failure summary published for other nodes (through the store) holds, in characters."""
+
+
 def failure_summary(f: WorkerFailure) -> str:
-    """A short text for other nodes' reports: host, rank, code or signal, and the traceback."""
+    """A short text for other nodes' reports: host, rank, code or signal, and the traceback
+    (head and tail kept within `SUMMARY_CHARS`: it goes through the rendezvous store)."""
     head = f"{f.host}: {cause_text(f)}"
     body = f.traceback or "\n".join(f.last_lines[-5:])
-    return f"{head}\n{body}" if body else head
+    return clip_text(f"{head}\n{body}" if body else head, SUMMARY_CHARS)
 
 
 def failure_detail(f: WorkerFailure, indent: str = "  ") -> list[str]:

@@ -18,6 +18,7 @@ from elaunch.config import LaunchConfig
 from elaunch.errors import ElaunchError
 from elaunch.events import Bus, Message, RunFinished, Sink
 from elaunch.options import build_config
+from elaunch.outputs import STOP_SIGNAL, Outputs
 from elaunch.policy import SignalPolicy
 from elaunch.progress import ProgressRules, compile_pattern
 from elaunch.progresswatch import ProgressWatcher
@@ -25,7 +26,7 @@ from elaunch.reaper import Reaper
 from elaunch.rendezvous import create_rendezvous
 from elaunch.rundir import RunDir
 from elaunch.runview import RunTracker, RunView
-from elaunch.signals import SignalTrap
+from elaunch.signals import Interrupted, SignalTrap, signal_name
 from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
 from elaunch.terminal import pty_plan, terminal_restored
@@ -72,6 +73,7 @@ def launch(
         tracker = RunTracker(RunView(progress_rules=rules))  # first: every sink reads the view it keeps
         bus.subscribe(tracker)
         bus.subscribe(ProgressWatcher(bus, tracker, rules))
+        outputs = Outputs(bus.publish, trap.interrupt, files=config.output.files)
         for s in build_sinks(
             config.output,
             host=host,
@@ -83,6 +85,7 @@ def launch(
             env=env,
             views=tracker,
             progress_interval=config.watch.progress_interval,
+            outputs=outputs,
         ):
             bus.subscribe(s)
         for s in sinks:
@@ -96,6 +99,7 @@ def launch(
             health = HealthServer(tracker, config.watch.health_addr, config.watch.health_port)
             bus.subscribe(health)
         output = config.output
+        policy = signal_policy([*config.signals_to_handle, STOP_SIGNAL])
         try:
             if health is not None:
                 health.start()
@@ -103,7 +107,17 @@ def launch(
                 bus.publish(
                     Message(level="info", text=f"health endpoint: {health.url} (healthz, readyz, status, metrics)")
                 )
-            rdzv = create_rendezvous(config.rdzv)
+            try:
+                with trap.interruptible(policy.shutdown):  # a signal ends the wait for the store
+                    rdzv = create_rendezvous(config.rdzv)
+            except Interrupted as intr:
+                result = RunResult(
+                    state=WorkerState.STOPPED,
+                    interrupted_by=intr.signum,
+                    message=f"stopped by {signal_name(intr.signum)} while reaching the rendezvous",
+                )
+                bus.publish(RunFinished(result=result))
+                return result
             stack.callback(rdzv.shutdown)
             try:
                 run_dir = RunDir(output.log_dir, rdzv.run_id, reaper, keep=output.files)
@@ -115,7 +129,7 @@ def launch(
             result = RunResult(state=WorkerState.FAILED, message=e.message)
             bus.publish(RunFinished(result=result))
             return result
-        log_files = build_log_files(output, run_dir, tracker)
+        log_files = build_log_files(output, run_dir, tracker, outputs)
         if log_files is not None:
             if output.log_dir is None:
                 bus.publish(Message(level="info", text=f"-r/-t: worker output files are kept in {run_dir.path}"))
@@ -132,6 +146,13 @@ def launch(
         stack.callback(procs.close)
         if health is not None:
             health.set_wake(procs.wake)
+        if hasattr(rdzv, "set_notice"):  # lines from the rendezvous thread, published by the agent's
+
+            def notice(text: str) -> None:
+                bus.post(Message(level="info", text=text))
+                procs.wake()
+
+            rdzv.set_notice(notice)
         agent = Agent(
             config.worker_spec(env),
             rdzv,
@@ -139,7 +160,7 @@ def launch(
             bus,
             host=host,
             error_files=run_dir,
-            signals=signal_policy(config.signals_to_handle),
+            signals=policy,
             node_rank=config.rdzv.node_rank,
         )
         return agent.run()

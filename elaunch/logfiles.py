@@ -82,10 +82,17 @@ class LogFiles:
         return os.path.join(self._dir.path, f"attempt_{self._views.view.attempt}")
 
     def _close_all(self) -> None:
+        """Close every file, even when one fails (a full disk); then raise the first error."""
+        first: OSError | None = None
         for f in [*self._files.values(), *self._filtered.values()]:
-            f.close()
+            try:
+                f.close()
+            except OSError as e:
+                first = first or e
         self._files.clear()
         self._filtered.clear()
+        if first is not None:
+            raise first
 
     def flush(self) -> None:
         for f in [*self._files.values(), *self._filtered.values()]:

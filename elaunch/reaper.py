@@ -44,6 +44,17 @@ class Reaper:
     def watch_dir(self, path: str) -> None:
         self._send(f"d{path}")
 
+    def watch_cgroup(self, path: str) -> None:
+        """The workers' cgroup (cgroup.py): if the agent dies, everything in it is killed
+        (`setsid()` escapees included) and it is removed."""
+        self._send(f"c{path}")
+
+    def watch_marker(self, marker: str) -> None:
+        """Every process whose environment holds `marker` (`NAME=value-prefix`, the run's) is the
+        job's: if the agent dies, their process groups are killed too (a worker's descendant that
+        left its group with `setsid()` but kept its environment)."""
+        self._send(f"m{marker}")
+
     def spawning(self, marker: str) -> None:
         """Workers whose environment holds `marker` (`NAME=value-prefix`) are being started: should
         the agent die before `spawned()`, the reaper kills their process groups too, found by that
@@ -95,6 +106,8 @@ def _reaper_main(fd: int) -> None:  # pragma: no cover - runs in the forked chil
         os.closerange(fd + 1, 65536)
         groups: set[int] = set()
         dirs: list[str] = []
+        cgroups: list[str] = []
+        markers: list[bytes] = []
         spawning: bytes | None = None
         buf = b""
         while True:
@@ -111,17 +124,26 @@ def _reaper_main(fd: int) -> None:  # pragma: no cover - runs in the forked chil
                     groups.discard(int(line[1:]))
                 elif line.startswith("d"):
                     dirs.append(line[1:])
+                elif line.startswith("m"):
+                    markers.append(raw[1:])
+                elif line.startswith("c"):
+                    cgroups.append(line[1:])
                 elif line.startswith("s"):
                     spawning = raw[1:]
                 elif line == "e":
                     spawning = None
-        if spawning:
-            groups.update(_groups_with_env(spawning))
+        for marker in [*markers, *([spawning] if spawning else [])]:
+            groups.update(_groups_with_env(marker))
         for pgid in groups:
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except OSError:
                 pass
+        if cgroups:
+            from elaunch.cgroup import WorkerCgroup
+
+            for path in cgroups:
+                WorkerCgroup(path).remove()
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
     except BaseException:

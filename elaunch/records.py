@@ -167,7 +167,8 @@ class SummaryFile:
     """Writes `summary_doc` of the tracker's view when the run finishes."""
 
     def __init__(self, path: str, views: ViewSource, err: IO[bytes] | None = None) -> None:
-        """`views`: the run's tracker, subscribed before this sink; `err` hears of a failed write."""
+        """`views`: the run's tracker, subscribed before this sink; `err` hears of a failed write
+        (without it, the OSError is raised for the guard of outputs.py to report)."""
         self._path = path
         self._views = views
         self._err = err
@@ -186,11 +187,12 @@ class SummaryFile:
         except OSError as err:  # checked at start, but the disk may fill or the dir go away
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            if self._err is not None:
-                self._err.write(
-                    f"elaunch: error: cannot write --summary-file {self._path}: {err.strerror or err}\n".encode()
-                )
-                self._err.flush()
+            if self._err is None:
+                raise  # guarded by outputs.py: reported as a lost output
+            self._err.write(
+                f"elaunch: error: cannot write --summary-file {self._path}: {err.strerror or err}\n".encode()
+            )
+            self._err.flush()
 
     def flush(self) -> None:
         pass

@@ -36,7 +36,13 @@ class RunDir:
         return d
 
     def error_file(self, attempt: int, local_rank: int) -> str:
-        return os.path.join(self.worker_dir(attempt, local_rank), "error.json")
+        """The worker's TORCHELASTIC_ERROR_FILE; its directory is made if it can be (on a full disk
+        it cannot: the worker still starts, and torch's `@record` only logs that it could not write)."""
+        try:
+            d = self.worker_dir(attempt, local_rank)
+        except OSError:
+            d = os.path.join(self.path, f"attempt_{attempt}", str(local_rank))
+        return os.path.join(d, "error.json")
 
     def cleanup(self) -> None:
         if not self.keep:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import FrameType
 
 
@@ -37,6 +37,14 @@ class SelfPipe:
                 os.close(fd)
 
 
+class Interrupted(Exception):
+    """Raised by a `SignalTrap` handler inside `interruptible()`: a shutdown signal ended a blocking call."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
 class SignalTrap:
     """Catches `signals` while installed; `drain()` returns them in arrival order.
 
@@ -49,6 +57,7 @@ class SignalTrap:
         self._pending: list[int] = []
         self._old: dict[int, object] = {}
         self._old_wakeup: int | None = None
+        self._raise_on: frozenset[int] = frozenset()
 
     def fileno(self) -> int:
         return self._pipe.fileno()
@@ -66,6 +75,30 @@ class SignalTrap:
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self._pending.append(signum)
+        if signum in self._raise_on:
+            self._raise_on = frozenset()
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def interruptible(self, signums: Iterable[int]) -> Iterator[None]:
+        """Within the block, a caught signal among `signums` raises `Interrupted` in the main thread
+        (so a blocking call made there, such as reaching the rendezvous store, ends at once);
+        one caught before the block raises on entry. Outside it, signals are only recorded."""
+        wanted = frozenset(signums)
+        early = [s for s in self._pending if s in wanted]
+        if early:
+            raise Interrupted(early[0])
+        self._raise_on = wanted if self.active else frozenset()
+        try:
+            yield
+        finally:
+            self._raise_on = frozenset()
+
+    def interrupt(self, signum: int) -> None:
+        """Act as if `signum` had been caught: the agent's next `drain` returns it (used to stop
+        the job when its output has nowhere left to go, outputs.py). Call from the agent's thread."""
+        self._pending.append(signum)
+        self._pipe.poke()
 
     def drain(self) -> list[int]:
         self._pipe.drain()

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from elaunch.cgroup import WorkerCgroup, become_subreaper, stop_adopted
 from elaunch.errors import WorkerStartError
 from elaunch.events import Bus, Message, WorkerBytes, WorkerOutput, WorkerPartialLine, WorkerProgress
 from elaunch.reaper import Reaper
@@ -33,6 +34,8 @@ NO_EMULATOR = (
     "codes; install pyte (pip install 'pyte>=0.8.2,<0.9', a dependency of elaunch) to see what it draws"
 )
 F_SETPIPE_SZ = 1031
+PIPE_DRAIN = 1.0
+"""Seconds `release` reads the pipes of a stopped generation at most, once its processes are killed."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -173,6 +176,12 @@ class LocalProcesses:
         self._warned_emulator = False
         self._timed: set[tuple[int, int]] = set()
         """(local rank, stream) whose decoder waits for time to pass (a prompt, bars going stale)."""
+        # Descendants that leave their worker's process group with setsid() (cgroup.py).
+        self._subreaper = become_subreaper()
+        self._cgroup = WorkerCgroup.create()
+        self._marker: bytes | None = None
+        if self._cgroup is not None and reaper is not None:
+            reaper.watch_cgroup(self._cgroup.path)
 
     # -- starting -------------------------------------------------------------------------
     def start(self, plans: Iterable[WorkerPlan]) -> dict[int, int]:
@@ -183,6 +192,12 @@ class LocalProcesses:
             raise RuntimeError("workers must be started from the thread that outlives them")
         pids: dict[int, int] = {}
         plans = list(plans)
+        if plans and plans[0].error_file:
+            # The run's marker (its dir) in every worker's environment, inherited by their children.
+            run_dir = os.path.dirname(os.path.dirname(os.path.dirname(plans[0].error_file)))
+            if self._marker is None and self._reaper is not None and self._cgroup is None:
+                self._reaper.watch_marker(f"TORCHELASTIC_ERROR_FILE={run_dir}/")
+            self._marker = f"TORCHELASTIC_ERROR_FILE={run_dir}/".encode()
         if self._reaper is not None and plans and plans[0].error_file:
             # Marks the workers of this generation for the reaper until their pids are known.
             self._reaper.spawning(f"TORCHELASTIC_ERROR_FILE={os.path.dirname(os.path.dirname(plans[0].error_file))}/")
@@ -214,6 +229,8 @@ class LocalProcesses:
                 raise WorkerStartError(f"cannot start {plan.argv[0]!r}: {e.strerror or e}") from None
             for _, slave in ptys.values():
                 os.close(slave)  # the worker has it: EOF (EIO) on the master once it and its children end
+            if self._cgroup is not None:
+                self._cgroup.add(popen.pid)
             if self._reaper is not None:
                 self._reaper.watch(popen.pid)
             pidfd = None
@@ -438,8 +455,13 @@ class LocalProcesses:
         self.send(9)
 
     def release(self, timeout: float = 5.0) -> list[Exit]:
-        """Kill whatever is left, reap, read the pipes to the end (bounded) and forget the generation."""
+        """Kill whatever is left, reap, read the pipes to the end (bounded) and forget the generation.
+
+        Descendants that left their worker's process group are killed too: through the cgroup
+        where there is one, else those re-parented to this (subreaper) process (cgroup.py)."""
         self.kill_all()
+        if self._cgroup is not None:
+            self._cgroup.kill()
         result = Wakeup()
         deadline = time.monotonic() + timeout
         for lr, proc in self._procs.items():
@@ -447,7 +469,10 @@ class LocalProcesses:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.popen.wait(max(0.0, deadline - time.monotonic()))
                 self._reap(lr, result, explain=False)  # explained below, once the pipes are read
-        # Pipes may be held by children the kill just ended: read them to EOF, bounded.
+        self._stop_adopted()
+        # Pipes may be held by children the kill just ended: read them to EOF, bounded (what is
+        # left in a pipe is there at once; a writer still alive is one the kills could not find).
+        deadline = min(deadline, time.monotonic() + PIPE_DRAIN)
         while any(p.fds for p in self._procs.values()) and time.monotonic() < deadline:
             for key, _ in self._sel.select(max(0.0, deadline - time.monotonic())):
                 if key.data[0] == "out":
@@ -469,11 +494,24 @@ class LocalProcesses:
         self._timed.clear()
         return exits
 
+    def _stop_adopted(self) -> None:
+        """Kill and reap the workers' descendants re-parented to this process (it is a subreaper)."""
+        if not self._subreaper or self._marker is None:
+            return
+        keep = {p.popen.pid for p in self._procs.values() if p.exit is None}
+        if self._reaper is not None:
+            keep.add(self._reaper.pid)
+        stop_adopted(self._marker, keep)
+
     def _explained(self, ex: Exit) -> Exit:
         proc = self._procs[ex.local_rank]
         return replace(ex, why=proc.tail.explain(proc.plan.error_file))
 
     def close(self) -> None:
         self.release()
+        if self._cgroup is not None:
+            self._cgroup.remove()
+        if self._subreaper:
+            become_subreaper(False)
         self._sel.close()
         self._wake.close()

@@ -20,7 +20,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousTimeoutError, StoreError
+from elaunch.errors import (
+    RendezvousClosedError,
+    RendezvousError,
+    RendezvousRefusedError,
+    RendezvousTimeoutError,
+    StoreError,
+)
+from elaunch.failures import SUMMARY_CHARS
 from elaunch.rendezvous import rounds
 from elaunch.rendezvous.api import Membership, NodeInfo, RendezvousInfo, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
@@ -28,7 +35,11 @@ from elaunch.rendezvous.ports import free_port
 from elaunch.rendezvous.rounds import LastCall, NodeRecord, Placement, Round, order_nodes
 from elaunch.rendezvous.store import Store
 from elaunch.rendezvous.watcher import STORE_LOST, Beat, ControlConnection, MembershipState, Watcher, release_slot
+from elaunch.tails import clip_text
 from elaunch.values import replace
+
+REMOTE_FAILURES = 16
+"""At most this many failure texts published by other nodes are read (each clipped)."""
 
 
 def default_node_id(local_addr: str | None = None) -> str:
@@ -86,6 +97,8 @@ class DynamicRendezvous:
         self._stop = threading.Event()
         self._passed_barrier = False
         self._shut = False
+        self._notice: Callable[[str], None] | None = None
+        self._standing_by = False
 
         store.compare_set(self._k.open_round, "", "0")
         # Made now, not when first needed: a connection made mid-round costs the server an
@@ -147,6 +160,10 @@ class DynamicRendezvous:
             elif rnd > 0:  # a job is running: if its round is full, stand by (see below)
                 running = rounds.decode_group(st.get(self._k.round(rnd - 1).final))
                 if rounds.round_is_full(len(running), self._max):
+                    if self._min == self._max and self._all_beating(st, rnd - 1, running):
+                        # A fixed size has no spares and no node of the job is lost (this is not its
+                        # replacement): a second job with the same id. Told at once, not stood by.
+                        raise RendezvousRefusedError(rounds.already_running_reason(self._run_id, running))
                     self._standby(st, rnd - 1, running)
                     deadline = time.monotonic() + self._s.join_timeout
             rec = NodeRecord(self._id, me, self._prio)
@@ -184,6 +201,11 @@ class DynamicRendezvous:
     def set_wakeup(self, wake: Callable[[], None]) -> None:
         self._state.set_wakeup(wake)
 
+    def set_notice(self, notice: Callable[[str], None]) -> None:
+        """`notice(text)` is called (from the thread that runs `next_rendezvous`) with a line for the
+        user when this node starts to stand by for a full running round."""
+        self._notice = notice
+
     def set_closed(self, reason: str) -> None:
         """Close the job for every node; the first reason written wins everywhere.
 
@@ -202,6 +224,8 @@ class DynamicRendezvous:
         next beat and wakes its agent), and it is `gone` for later rounds; else close the job.
         Returns True when the job goes on. Raises `StoreError` if the store cannot be told."""
         rv = self._state.round
+        if rv is None and self._standing_by:  # a spare that never joined: the job is not ours to close
+            return True
         others = None if rv is None else rv.size - 1 - len(self._state.lost)
         if self._state.closed is not None or not rounds.can_leave(
             self._min, self._max, others, hosts_store=bool(getattr(self._store, "is_host", False))
@@ -257,7 +281,12 @@ class DynamicRendezvous:
             if not ctl.check([self._k.failures]):
                 return []
             raw = ctl.get(self._k.failures)
-        return [json.loads(line) for line in raw.decode(errors="replace").splitlines() if line]
+        found = [str(json.loads(line)) for line in raw.decode(errors="replace").splitlines() if line]
+        # Bounded whoever wrote them (an older node may not clip its text): failures.SUMMARY_CHARS each.
+        kept = [clip_text(text, SUMMARY_CHARS) for text in found[:REMOTE_FAILURES]]
+        if len(found) > REMOTE_FAILURES:
+            kept.append(f"... and {len(found) - REMOTE_FAILURES} more failure(s) reported by other nodes")
+        return kept
 
     def shutdown(self) -> None:
         """Stop the watcher and release the connections; idempotent.
@@ -333,7 +362,32 @@ class DynamicRendezvous:
                     st.append(k.gone, dead + "\n")
                     return self._finalise(st, rnd, deadline)
 
+    def _all_beating(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> bool:
+        """True when every node of the running round `rnd` beats (its heartbeat counter moves)
+        within heartbeat_timeout and the round is not ending (`released` absent): the job is
+        alive and whole. False as soon as the round ends, or when a node stopped beating."""
+        keys = [self._k.hb(r.id) for r in group]
+        first = [st.add(k, 0) for k in keys]
+        pending = set(range(len(keys)))
+        deadline = time.monotonic() + self._s.heartbeat_timeout
+        released = self._k.round(rnd).released
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or st.wait([released], min(self._slice, left) / 4):
+                return False
+            pending = {i for i in pending if st.add(keys[i], 0) == first[i]}
+        return True
+
     def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
+        if self._notice is not None:
+            self._notice(rounds.standby_notice(self._run_id, group))
+        self._standing_by = True  # not in the job: stopping now must not close it (`leave`)
+        try:
+            self._stand_by(st, rnd, group)
+        finally:
+            self._standing_by = False
+
+    def _stand_by(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> None:
         """Block until a node of the full round `rnd` leaves it (`released` appears) or the job
         closes. No join timeout applies meanwhile (torch's "redundancy list"), but if the
         round's rank 0 stops beating and nobody releases it, the job is presumed dead and we

@@ -274,6 +274,24 @@ def no_room_reason(number: int, group_size: int, host: str, node_rank: int | Non
     )
 
 
+def already_running_reason(run_id: str, running: Sequence[NodeRecord]) -> str:
+    """Why a new node of a fixed-size job (--nnodes N) whose running round is full is refused."""
+    hosts = ", ".join(dict.fromkeys(r.info.host for r in running))
+    return (
+        f"a job with run id {run_id!r} is already running on {hosts} ({len(running)} of {len(running)} nodes): "
+        "use another --rdzv-id for a separate job (or --nnodes MIN:MAX for spare nodes that stand by)"
+    )
+
+
+def standby_notice(run_id: str, running: Sequence[NodeRecord]) -> str:
+    """What a node that stands by for a full running round tells its user, once."""
+    hosts = ", ".join(dict.fromkeys(r.info.host for r in running))
+    return (
+        f"a job with run id {run_id!r} is running on {hosts} with its maximum of {len(running)} nodes: "
+        "this node stands by as a spare until a node leaves it (Ctrl-C to stop)"
+    )
+
+
 def join_timeout_reason(
     run_id: str,
     number: int,

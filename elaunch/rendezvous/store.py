@@ -509,15 +509,39 @@ def connect_store(
                 raise StoreError(f"could not host the rendezvous store at {_fmt_addr(host, port)}: {e}") from None
     _wait_reachable(host, port, connect_timeout)
     dist = _import_torch_distributed()
+    # c10d's client handshake reads without a time limit: a server that is not a TCPStore (an
+    # HTTP server on the port) would hold this thread forever. It runs on a thread of its own,
+    # bounded by the read timeout (then the connection is abandoned, see `_BoundedCaller`).
+    bound = max(timeout, 1.0)
+    caller = _BoundedCaller(f"elaunch-store-connect-{_fmt_addr(host, port)}")
     try:
-        client = dist.TCPStore(
-            host,
-            port,
-            is_master=False,
-            wait_for_workers=False,
-            timeout=timedelta(seconds=max(timeout, 1.0)),
-            use_libuv=use_libuv,
+        client = caller.run(
+            lambda: dist.TCPStore(
+                host,
+                port,
+                is_master=False,
+                wait_for_workers=False,
+                timeout=timedelta(seconds=bound),
+                use_libuv=use_libuv,
+            ),
+            bound,
         )
+    except TimeoutError as e:
+        if caller.stuck is None:
+            raise StoreError(f"could not connect to the rendezvous store at {_fmt_addr(host, port)}: {e}") from None
+        raise StoreError(not_a_store(host, port, bound)) from None
     except (RuntimeError, ValueError, OSError) as e:
-        raise StoreError(f"could not connect to the rendezvous store at {_fmt_addr(host, port)}: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"{not_a_store(host, port, None)} ({first})") from None
+    finally:
+        caller.close()
     return TCPStoreAdapter(client, host, port, False, timeout)
+
+
+def not_a_store(host: str, port: int, waited: float | None) -> str:
+    """The message for an endpoint that accepts connections but does not speak c10d's store protocol."""
+    within = f" within {waited:g} s (read_timeout)" if waited is not None else ""
+    return (
+        f"the rendezvous endpoint {_fmt_addr(host, port)} accepted a connection but did not answer as a "
+        f"rendezvous store{within}: is another program listening on that port? (check --rdzv-endpoint)"
+    )

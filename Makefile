@@ -60,6 +60,7 @@ bench: install-dev
 	$(PY) scripts/bench_rendezvous.py
 	$(PY) scripts/bench_recovery.py
 	$(PY) scripts/bench_hangs.py
+	$(PY) scripts/bench_health.py
 	$(PY) scripts/bench_api.py
 	$(PY) scripts/bench_restart.py
 	$(PY) scripts/bench_spare.py
@@ -71,6 +72,7 @@ bench-quick: install-dev
 	$(PY) scripts/bench_rendezvous.py --quick
 	$(PY) scripts/bench_recovery.py --quick
 	$(PY) scripts/bench_hangs.py --quick
+	$(PY) scripts/bench_health.py --quick
 	$(PY) scripts/bench_api.py --quick
 	$(PY) scripts/bench_restart.py --quick
 	$(PY) scripts/bench_spare.py --quick

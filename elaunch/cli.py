@@ -146,6 +146,16 @@ OPTIONS: tuple[Opt, ...] = (
         default="93",
         help="Exit code for a failure a restart cannot fix; a worker exiting with it is not restarted.",
     ),
+    Opt(
+        "--health-port",
+        own=True,
+        help="Serve /healthz /readyz /status /metrics over HTTP on this port (0: pick one and print it; "
+        "default: TORCHELASTIC_HEALTH_CHECK_PORT, else off).",
+    ),
+    Opt("--health-addr", own=True, default="127.0.0.1", help="The local address the health endpoint listens on."),
+    Opt("--progress-interval", own=True, default="30", help="Seconds between progress reports (console line, event)."),
+    Opt("--straggler-factor", own=True, default="1.5", help="A worker this many times slower than the median is slow."),
+    Opt("--straggler-window", own=True, default="60", help="Seconds a worker stays slow before it is a straggler."),
     Opt("--dry-run", own=True, flag=True, help="Print the resolved plan (ranks, environment, argv) and start nothing."),
 )
 _UNSET = object()

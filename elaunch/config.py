@@ -97,6 +97,19 @@ class OutputConfig(Value):
 
 
 @value
+class WatchConfig(Value):
+    """Watching the run from outside: the HTTP endpoint (`--health-port`/`--health-addr`; port
+    None = off, 0 = any free one) and progress (`--progress-interval` seconds between reports,
+    stragglers slower than the median by `--straggler-factor` for `--straggler-window` seconds)."""
+
+    health_port: int | None = None
+    health_addr: str = "127.0.0.1"
+    progress_interval: float = 30.0
+    straggler_factor: float = 1.5
+    straggler_window: float = 60.0
+
+
+@value
 class LaunchConfig(Value):
     """Everything a launch needs, validated (see `elaunch.options.build_config`).
 
@@ -125,6 +138,7 @@ class LaunchConfig(Value):
     supervision: Supervision = field(default_factory=Supervision)
     """Hang detection and restart rules (--hang-timeout, --startup-timeout, --restart-backoff,
     --no-requeue-exit-code; the FileTimer pipe when TORCHELASTIC_ENABLE_FILE_TIMER=1)."""
+    watch: WatchConfig = field(default_factory=WatchConfig)
     cpu_binding: tuple[CpuBinding, ...] = ()
     """`--numa-binding`: each local worker's CPUs, in local-rank order (empty: not bound)."""
     warnings: tuple[str, ...] = ()
@@ -455,6 +469,17 @@ def parse_seconds(value: str | float, option: str, *, allow_zero: bool = False) 
             if allow_zero
             else f"{option}: must be at least {MIN_SECONDS:g} seconds, got {value!r}"
         )
+    return f
+
+
+def parse_factor(value: str, option: str) -> float:
+    """A finite number greater than 1 (how many times slower)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option}: expected a number greater than 1, got {value!r}") from None
+    if not math.isfinite(f) or f <= 1:
+        raise ConfigError(f"{option}: expected a number greater than 1, got {value!r}")
     return f
 
 

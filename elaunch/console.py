@@ -331,6 +331,10 @@ def describe(e: ev.Event, view: RunView) -> str | None:
         return text.format(signal_name(e.signal)) if text is not None else None
     if isinstance(e, ev.Message):
         return e.text if e.level == "info" else f"{e.level}: {e.text}"
+    if isinstance(e, ev.ProgressReported | ev.StragglerChanged):
+        from elaunch.progresswatch import report_text, straggler_text
+
+        return report_text(e) if isinstance(e, ev.ProgressReported) else straggler_text(e)
     return None
 
 

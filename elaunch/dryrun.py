@@ -79,6 +79,9 @@ def render_plan(config: LaunchConfig, env: Mapping[str, str], host: str) -> str:
             rows.insert(3, ("rdzv_endpoint", str(rdzv.endpoint), src.get("rdzv_endpoint", "default")))
         if rdzv.backend != "static":
             rows[-1] = ("master", "<rank 0's node>:<free port>", "chosen at rendezvous")
+    if config.watch.health_port is not None:
+        port = config.watch.health_port or "<free port>"
+        rows.append(("health endpoint", f"{config.watch.health_addr}:{port}", src.get("health_port", "default")))
     lines = ["elaunch dry run: nothing is started"]
     lines += [f"  warning: {text}" for text in config.warnings]
     lines += [f"  {name:<17} {value:<28} ({where})" for name, value, where in rows]

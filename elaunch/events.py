@@ -237,6 +237,36 @@ class RunFinished(Event):
     remote_failures: tuple[str, ...] = ()
 
 
+@event
+class ProgressReported(Event):
+    """The workers' progress, at most every `--progress-interval` while some worker reports any.
+
+    Parallel tuples, one entry per worker with progress, by global rank: `steps`, `totals`
+    (None: unknown), `rates` (smoothed steps/s, None: not known yet), `etas` (seconds, None:
+    unknown); `stragglers` are the global ranks marked as such. `median_rate` is over them all.
+    """
+
+    ranks: tuple[int, ...]
+    steps: tuple[int, ...]
+    totals: tuple[int | None, ...]
+    rates: tuple[float | None, ...]
+    etas: tuple[float | None, ...]
+    stragglers: tuple[int, ...] = ()
+    median_rate: float | None = None
+
+
+@event
+class StragglerChanged(Event):
+    """A worker became a straggler (its steps/s below the median's by `--straggler-factor` for
+    `--straggler-window` seconds), or stopped being one. Rates in steps/s."""
+
+    local_rank: int
+    global_rank: int
+    straggler: bool
+    rate: float | None
+    median_rate: float | None
+
+
 class Sink(Protocol):
     """A subscriber: renders or records events. `flush` is called when the agent goes idle."""
 
@@ -248,18 +278,36 @@ class Sink(Protocol):
 
 
 class Bus:
-    """Delivers every event to every sink, in order, on the agent's thread."""
+    """Delivers every event to every sink, in order, on the agent's thread.
+
+    A sink may publish while it handles an event (the progress watcher does): that event is
+    delivered after the current one has reached every sink, so every sink sees one order.
+    """
 
     def __init__(self, sinks: Iterable[Sink] = ()) -> None:
         self._sinks: list[Sink] = list(sinks)
+        self._queue: list[Event] = []
+        self._delivering = False
         self._posted: deque[Event] = deque()
 
     def subscribe(self, sink: Sink) -> None:
         self._sinks.append(sink)
 
     def publish(self, event: Event) -> None:
-        for sink in self._sinks:
-            sink.handle(event)
+        if self._delivering:
+            self._queue.append(event)
+            return
+        self._delivering = True
+        try:
+            for sink in self._sinks:
+                sink.handle(event)
+            while self._queue:
+                queued = self._queue.pop(0)
+                for sink in self._sinks:
+                    sink.handle(queued)
+        finally:
+            self._delivering = False
+            self._queue.clear()
 
     def post(self, event: Event) -> None:
         """From another thread: `event` is published by the agent's thread at its next `flush`

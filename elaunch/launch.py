@@ -20,10 +20,12 @@ from elaunch.events import Bus, Message, RunFinished, Sink
 from elaunch.options import build_config
 from elaunch.outputs import STOP_SIGNAL, Outputs
 from elaunch.policy import SignalPolicy
+from elaunch.progress import ProgressRules, compile_pattern
+from elaunch.progresswatch import ProgressWatcher
 from elaunch.reaper import Reaper
 from elaunch.rendezvous import create_rendezvous
 from elaunch.rundir import RunDir
-from elaunch.runview import RunTracker
+from elaunch.runview import RunTracker, RunView
 from elaunch.signals import Interrupted, SignalTrap, signal_name
 from elaunch.sinks import build_log_files, build_sinks
 from elaunch.spec import RunResult, WorkerState
@@ -66,8 +68,15 @@ def launch(
         trap.install(config.signals_to_handle)
         bus = Bus()
         stack.callback(bus.close)
-        tracker = RunTracker()  # first: every sink reads the view it keeps
+        rules = ProgressRules(
+            pattern=compile_pattern(config.progress_pattern),
+            factor=config.watch.straggler_factor,
+            window=config.watch.straggler_window,
+            interval=config.watch.progress_interval,
+        )
+        tracker = RunTracker(RunView(progress_rules=rules))  # first: every sink reads the view it keeps
         bus.subscribe(tracker)
+        bus.subscribe(ProgressWatcher(bus, tracker, rules))
         outputs = Outputs(bus.publish, trap.interrupt, files=config.output.files)
         for s in build_sinks(
             config.output,
@@ -79,6 +88,7 @@ def launch(
             terminal=stdout is None,
             env=env,
             views=tracker,
+            progress_interval=config.watch.progress_interval,
             outputs=outputs,
         ):
             bus.subscribe(s)
@@ -86,9 +96,21 @@ def launch(
             bus.subscribe(s)
         for text in config.warnings:
             bus.publish(Message(level="warning", text=text))
+        health = None
+        if config.watch.health_port is not None:
+            from elaunch.health import HealthServer
+
+            health = HealthServer(tracker, config.watch.health_addr, config.watch.health_port)
+            bus.subscribe(health)
         output = config.output
         policy = signal_policy([*config.signals_to_handle, STOP_SIGNAL])
         try:
+            if health is not None:
+                health.start()
+                stack.callback(health.close)
+                bus.publish(
+                    Message(level="info", text=f"health endpoint: {health.url} (healthz, readyz, status, metrics)")
+                )
             try:
                 with trap.interruptible(policy.shutdown):  # a signal ends the wait for the store
                     rdzv = create_rendezvous(config.rdzv)
@@ -126,6 +148,8 @@ def launch(
             ptys = pty_plan(sys.stdout, sys.stderr, output.redirects, output.tee, margin)
         procs = LocalProcesses(bus, trap, reaper, poll_interval=config.monitor_interval, ptys=ptys)
         stack.callback(procs.close)
+        if health is not None:
+            health.set_wake(procs.wake)
         if hasattr(rdzv, "set_notice"):  # lines from the rendezvous thread, published by the agent's
 
             def notice(text: str) -> None:

@@ -24,6 +24,7 @@ from rich.text import Text
 from elaunch import events as ev
 from elaunch.console import COLORS, PlainConsole, describe, report, shown
 from elaunch.failures import clock_text
+from elaunch.progress import progress_cell
 from elaunch.runview import RunView, ViewSource, WorkerRow
 from elaunch.spec import WorkerState
 
@@ -80,8 +81,16 @@ def status_rows(view: RunView, now: float, usage: Mapping[int, tuple[str, str]])
     for w in shown_rows(view):
         up = (w.ended if w.ended is not None else now) - w.started
         cpu, mem = usage.get(w.pid, ("", "")) if w.ended is None else ("", "")
-        rows.append((str(w.global_rank), str(w.pid), w.state.value, str(w.restart), f"{up:.1f}s", cpu, mem, w.progress))
+        rows.append((str(w.global_rank), str(w.pid), w.state.value, str(w.restart), f"{up:.1f}s", cpu, mem,
+                     progress_text(w, now)))  # fmt: skip
     return rows
+
+
+def progress_text(w: WorkerRow, now: float) -> str:
+    """The progress cell: the pending bar as drawn, else the steps read from output lines
+    (`120/5000 3.1 steps/s ETA 26m40s`); `STRAGGLER` first when the worker is marked slow."""
+    text = w.progress or progress_cell(w.steps, now if w.ended is None else w.ended)
+    return f"STRAGGLER {text}" if w.straggler else text
 
 
 CPU_INTERVAL = 1.0
@@ -261,7 +270,7 @@ class LiveConsole:
             elif shown(self.plain.opts, e.local_rank, e.global_rank, e.stream):
                 self._show_prompt(e)
             return
-        if isinstance(e, ev.WorkerProgress | ev.WorkerBytes):
+        if isinstance(e, ev.WorkerProgress | ev.WorkerBytes | ev.ProgressReported):
             return  # progress: shown in the worker's row, from the view
         if isinstance(e, ev.RunFinished):
             self._finish(e)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 MAX_LINE = 1 << 20
 """A line longer than this without a newline is passed on in pieces of this size."""
+COMPACT_AT = 1 << 12
+"""An unfinished `\\r`-redrawn line longer than this keeps only what its redraws still show: a bar
+redrawn 50 times a second would otherwise grow by 3 KB/s and be split whole at every redraw."""
 
 
 class LineBuffer:
@@ -25,6 +28,8 @@ class LineBuffer:
         nl = data.rfind(b"\n")
         if nl < 0:
             self._partial += data
+            if len(self._partial) > COMPACT_AT and b"\r" in data:
+                self._partial = compact_cr(self._partial)
             if len(self._partial) >= MAX_LINE:
                 out, self._partial = self._partial + b"\n", b""
                 return collapse_cr(out), None
@@ -41,7 +46,8 @@ class LineBuffer:
         return b"" if b"\r" in p else p
 
     def take_partial(self) -> bytes:
-        """The unfinished last line as received, leaving the buffer empty (to hand the stream on)."""
+        """The unfinished last line as received (a `\\r`-redrawn one compacted past COMPACT_AT),
+        leaving the buffer empty (to hand the stream on)."""
         p, self._partial = self._partial, b""
         return p
 
@@ -65,6 +71,13 @@ def last_segment(text: bytes) -> bytes:
         if seg.strip():
             return seg
     return b""
+
+
+def compact_cr(line: bytes) -> bytes:
+    """An unfinished line with `\r` redraws, shortened to `\r<last drawn segment>\r<tail>`: the
+    same `last_segment` now and after anything appended to it."""
+    i = line.rfind(b"\r")
+    return b"\r" + last_segment(line[:i]) + line[i:]
 
 
 def collapse_cr(lines: bytes) -> bytes:

@@ -270,6 +270,36 @@ def _supervision(opts: Mapping[str, Any], env: Mapping[str, str], progress: str 
     )
 
 
+def _watch(
+    opts: Mapping[str, Any], sources: dict[str, str], env: Mapping[str, str], warnings: list[str]
+) -> cfg.WatchConfig:
+    """The health endpoint and progress settings; the endpoint's address and port are tried now
+    (a port in use or an address that is not this host's is a usage error, before anything starts)."""
+    raw_port = opts["health_port"]
+    if raw_port is None and env.get("TORCHELASTIC_HEALTH_CHECK_PORT"):
+        raw_port = env["TORCHELASTIC_HEALTH_CHECK_PORT"]  # torchrun's variable (its server is a stub)
+        sources["health_port"] = "environment"
+    port = cfg.parse_count(raw_port, "--health-port", high=65535)
+    addr = str(opts["health_addr"] or "").strip().strip("[]")
+    if port is None and sources.get("health_addr", "default") in GIVEN:
+        warnings.append("--health-addr has no effect without --health-port (the endpoint is off)")
+    if port is not None:
+        from importlib.util import find_spec
+
+        if find_spec("prometheus_client") is None:
+            raise ConfigError("--health-port needs prometheus-client: pip install 'elaunch[health]'")
+        from elaunch.health import check_endpoint  # imports socket: only when the endpoint is on
+
+        check_endpoint(addr, port)
+    return cfg.WatchConfig(
+        health_port=port,
+        health_addr=addr,
+        progress_interval=cfg.parse_seconds(opts["progress_interval"], "--progress-interval"),
+        straggler_factor=cfg.parse_factor(opts["straggler_factor"], "--straggler-factor"),
+        straggler_window=cfg.parse_seconds(opts["straggler_window"], "--straggler-window", allow_zero=True),
+    )
+
+
 def build_config(
     opts: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str], *, topology: Topology | None = None
 ) -> LaunchConfig:
@@ -297,6 +327,7 @@ def build_config(
     progress = cfg.parse_progress_pattern(opts["progress_pattern"])
     entry_argv, kind = _entry(opts, env)
     output = _output(opts, env, warnings)
+    watch = _watch(opts, sources, env, warnings)
     if str(opts.get("start_method") or "spawn") not in START_METHODS:
         raise ConfigError(f"--start-method must be one of {', '.join(START_METHODS)}, got {opts['start_method']!r}")
     # torch's one built-in logs spec, "default" (DefaultLogsSpecs), is what elaunch does anyway.
@@ -334,6 +365,7 @@ def build_config(
         virtual_local_rank=bool(opts["virtual_local_rank"]),
         progress_pattern=progress,
         supervision=_supervision(opts, env, progress),
+        watch=watch,
         cpu_binding=cpu_binding,
         health_check=(opts["health_check"] or "").strip() or None,
         health_check_timeout=cfg.parse_seconds(opts["health_check_timeout"], "--health-check-timeout"),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from elaunch import events as ev
+from elaunch.progress import PARSE_PERIOD, Progress, ProgressRules, advance_progress, read_progress
 from elaunch.rendezvous.api import Membership
 from elaunch.spec import RunResult, WorkerState
 from elaunch.values import Value, field, replace, value
@@ -54,6 +55,8 @@ class WorkerRow(Value):
     when it reaches a terminal state. `progress` is its pending `\\r`-redrawn line (or the rows of
     bars it redraws, one per line), or ""; `progress_stream` the stream it is drawn on (output on
     the other stream, such as `tqdm.write` lines on stdout under bars on stderr, leaves it).
+    `steps` is its step, total and rate read from its output (progress.py), `straggler` whether
+    it is marked slow (`StragglerChanged`).
     """
 
     local_rank: int
@@ -71,6 +74,8 @@ class WorkerRow(Value):
     exitcode: int | None = None
     signal: int | None = None
     stopped_by_agent: bool = False
+    steps: Progress | None = None
+    straggler: bool = False
 
 
 @value
@@ -112,6 +117,8 @@ class RunView(Value):
     finished: Finished | None = None
     downtime: tuple[tuple[int, str, float], ...] = ()
     """(attempt, phase, seconds) as the agent measured them (`Downtime` events), in order."""
+    progress_rules: ProgressRules = field(default_factory=ProgressRules)
+    """How progress is read from output and judged (from the options; never changed by events)."""
 
     @property
     def last_round(self) -> RoundView | None:
@@ -158,6 +165,15 @@ class RunView(Value):
             if row.local_rank == local_rank:
                 return row
         return None
+
+    def progress_of(self, row: WorkerRow) -> Progress | None:
+        """`row.steps` with its pending bar read in, if a redraw came since the last reading
+        (the reducer reads a bar at most every PARSE_PERIOD seconds). Pure: the view is unchanged."""
+        p = row.steps
+        if p is None or not row.progress or row.last_output is None or row.last_output <= p.read_at:
+            return p
+        reading = read_progress(row.progress.encode(errors="replace"), self.progress_rules.pattern)
+        return p if reading is None else advance_progress(p, reading, row.last_output)
 
     @property
     def all_workers(self) -> tuple[WorkerRow, ...]:
@@ -247,13 +263,19 @@ def _group_state(v: RunView, e: ev.GroupStateChanged) -> RunView:
     return replace(v, group_state=e.new)
 
 
+def _steps(v: RunView, row: WorkerRow, data: bytes, ts: float) -> Progress | None:
+    reading = read_progress(data, v.progress_rules.pattern)
+    return row.steps if reading is None else advance_progress(row.steps, reading, ts)
+
+
 def _output(v: RunView, e: ev.WorkerOutput) -> RunView:
     row = v.worker(e.local_rank)
     if row is None:
         return v
+    steps = _steps(v, row, e.data, e.ts)
     if row.progress and e.stream != row.progress_stream:
-        return _with_row(v, replace(row, last_output=e.ts))
-    return _with_row(v, replace(row, last_output=e.ts, progress=""))
+        return _with_row(v, replace(row, last_output=e.ts, steps=steps))
+    return _with_row(v, replace(row, last_output=e.ts, progress="", steps=steps))
 
 
 def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
@@ -261,7 +283,17 @@ def _progress(v: RunView, e: ev.WorkerProgress) -> RunView:
     if row is None:
         return v
     text = e.text.decode(errors="replace").strip()
-    return _with_row(v, replace(row, last_output=e.ts, progress=text, progress_stream=e.stream))
+    steps = row.steps
+    if steps is None or e.ts - steps.read_at >= PARSE_PERIOD:  # else read when the view is (progress_of)
+        steps = _steps(v, row, e.text, e.ts)
+    return _with_row(v, replace(row, last_output=e.ts, progress=text, progress_stream=e.stream, steps=steps))
+
+
+def _straggler(v: RunView, e: ev.StragglerChanged) -> RunView:
+    row = v.worker(e.local_rank)
+    if row is None or row.global_rank != e.global_rank:
+        return v
+    return _with_row(v, replace(row, straggler=e.straggler))
 
 
 def _restart(v: RunView, e: ev.RestartDecided) -> RunView:
@@ -296,6 +328,7 @@ _STEPS: dict[type[ev.Event], Callable[[RunView, Any], RunView]] = {
     ev.GroupStateChanged: _group_state,
     ev.WorkerOutput: _output,
     ev.WorkerProgress: _progress,
+    ev.StragglerChanged: _straggler,
     ev.RestartDecided: _restart,
     ev.MembershipChanged: _membership,
     ev.HealthChecked: _health,

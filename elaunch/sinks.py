@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from elaunch.config import OutputConfig
-from elaunch.console import ConsoleOptions, PlainConsole
+from elaunch.console import PROGRESS_INTERVAL, ConsoleOptions, PlainConsole
 from elaunch.errors import ConfigError
 from elaunch.events import Sink
 from elaunch.logfiles import LogFiles
@@ -39,10 +39,12 @@ def build_sinks(
     terminal: bool,
     env: Mapping[str, str],
     views: ViewSource,
+    progress_interval: float = PROGRESS_INTERVAL,
     outputs: Outputs | None = None,
 ) -> list[Sink]:
     """The console (live on a terminal, plain otherwise) and the `--events-file`/`--summary-file`
-    records, in the order to subscribe them (after the tracker `views`).
+    records, in the order to subscribe them (after the tracker `views`). `progress_interval`:
+    seconds between two prints of a worker's pending progress bar in plain mode.
 
     `out`/`err`: where worker stdout and stderr (and elaunch's lines) go. `terminal`: they are
     this process's own stdout/stderr, so whether those are terminals matters (False when a
@@ -67,6 +69,7 @@ def build_sinks(
         tee=output.tee,
         host=host,
         role=role,
+        progress_interval=progress_interval,
     )
     plain = PlainConsole(out, err, opts, views)
     sinks: list[Sink] = []

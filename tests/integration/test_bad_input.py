@@ -73,6 +73,14 @@ CASES = [
     (["--rdzv-conf", "join_timeout=inf"], "ok", "finite"),
     (["--progress-pattern", "step (\\d+)"], "ok", "named group (?P<step>"),
     (["--progress-pattern", "step (?P<step>"], "ok", "not a regular expression"),
+    # The health endpoint and progress settings (a port in use: tests/integration/test_health.py).
+    (["--health-port", "0", "--health-addr", "192.0.2.1"], "ok", "not an address of this host"),
+    (["--health-port", "0", "--health-addr", "no-such-host.invalid"], "ok", "not an address of this host"),
+    (["--health-port", "70000"], "ok", "--health-port: must be between 0 and 65535"),
+    (["--health-port", "http"], "ok", "--health-port: expected a whole number"),
+    (["--straggler-factor", "1"], "ok", "--straggler-factor: expected a number greater than 1"),
+    (["--straggler-window", "-5"], "ok", "--straggler-window"),
+    (["--progress-interval", "0"], "ok", "--progress-interval"),
 ]
 
 

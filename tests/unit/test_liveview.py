@@ -12,7 +12,8 @@ from rich.console import Console
 from elaunch import events as ev
 from elaunch.console import ConsoleOptions, PlainConsole
 from elaunch.liveview import LiveConsole, ProcessUsage, job_text, status, status_rows
-from elaunch.runview import RunTracker, fold
+from elaunch.progress import ProgressRules, compile_pattern
+from elaunch.runview import RunTracker, RunView, fold
 from scripts.testbed import wait_until
 from tests.unit.history import T0, attempt, fail_then_succeed, run_started, until
 
@@ -50,6 +51,18 @@ def test_status_rows_from_a_view() -> None:
         ("0", "100", "STOPPED", "0", "1.2s", "", "", "40%|####  |"),
         ("1", "101", "FAILED", "0", "0.9s", "", "", ""),
     ]
+
+
+def test_status_rows_show_steps_read_from_lines_and_stragglers() -> None:
+    history = [
+        *until(fail_then_succeed(), ev.GroupStateChanged, 1),
+        ev.WorkerOutput(ts=T0 + 1.0, local_rank=1, global_rank=1, stream=1, data=b"step 10/100\n"),
+        ev.WorkerOutput(ts=T0 + 2.0, local_rank=1, global_rank=1, stream=1, data=b"step 30/100\n"),
+        ev.StragglerChanged(ts=T0 + 2.0, local_rank=1, global_rank=1, straggler=True, rate=20.0, median_rate=40.0),
+    ]
+    rules = ProgressRules(pattern=compile_pattern(r"step (?P<step>\d+)/(?P<total>\d+)"))
+    rows = status_rows(fold(history, RunView(progress_rules=rules)), T0 + 2.0, {})
+    assert rows[1][-1] == "STRAGGLER 30/100 20.0 steps/s ETA 4s"
 
 
 def test_status_area_renders_the_rows() -> None:

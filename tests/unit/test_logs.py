@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from elaunch.logs import MAX_LINE, LineBuffer, collapse_cr, prefix_lines
+from elaunch.logs import COMPACT_AT, MAX_LINE, LineBuffer, collapse_cr, prefix_lines
 from elaunch.tails import extract_traceback
 
 
@@ -94,3 +94,14 @@ def test_traceback_of_a_ddp_worker_with_rank_prefixes() -> None:
     assert tail.traceback() == (
         'Traceback (most recent call last):\n  File "w.py", line 3, in <module>\n    main()\nValueError: boom on host3'
     )
+
+
+def test_a_bar_redrawn_for_hours_keeps_a_small_buffer_and_its_last_state() -> None:
+    buf = LineBuffer()
+    for i in range(100_000):  # ~35 minutes of a bar redrawn 50 times a second, written in two pieces
+        assert buf.feed(b"\r %d/100000 [00:01<00:02, " % i) == (b"", b" %d/100000 [00:01<00:02, " % i)
+        assert buf.feed(b"50.0it/s]") == (b"", b" %d/100000 [00:01<00:02, 50.0it/s]" % i)
+    assert len(buf._partial) < 2 * COMPACT_AT
+    assert buf.feed(b"\r\rdone\n") == (b"done\n", None)
+    buf.feed(b"Epoch 1 \r" + b"x" * COMPACT_AT + b"\r  ")
+    assert buf.feed(b"\n") == (b"x" * COMPACT_AT + b"\n", None)  # blank redraws do not hide the last bar

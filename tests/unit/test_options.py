@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from elaunch.cli import parse
+from elaunch.config import WatchConfig
 from elaunch.errors import ConfigError
 from elaunch.options import build_config, random_run_id
 
@@ -115,3 +116,22 @@ def test_health_check_options(tmp_path: Path) -> None:
     assert (c.health_check, c.health_check_timeout) == ("builtin", 2.5)
     with pytest.raises(ConfigError, match="--health-check-timeout"):
         config(tmp_path, "--health-check", "true", "--health-check-timeout", "0")
+
+
+def test_watch_settings_and_torchruns_health_port_variable(tmp_path: Path) -> None:
+    c = config(tmp_path)
+    assert c.watch == WatchConfig()  # off, 30 s reports, 1.5x slower for 60 s
+    assert c.watch.health_port is None
+    c = config(tmp_path, env={"TORCHELASTIC_HEALTH_CHECK_PORT": "0"})
+    assert (c.watch.health_port, c.watch.health_addr, c.sources["health_port"]) == (0, "127.0.0.1", "environment")
+    c = config(tmp_path, "--health-port", "0", "--health-addr", "::1", "--progress-interval", "5",
+               "--straggler-factor", "2", "--straggler-window", "0", env={"TORCHELASTIC_HEALTH_CHECK_PORT": "1"})  # fmt: skip
+    assert c.watch == WatchConfig(health_port=0, health_addr="::1", progress_interval=5.0, straggler_factor=2.0,
+                                  straggler_window=0.0)  # fmt: skip
+    assert c.sources["health_port"] == "option"
+
+
+def test_health_addr_without_a_port_is_a_warning(tmp_path: Path) -> None:
+    c = config(tmp_path, "--health-addr", "0.0.0.0")
+    assert c.watch.health_port is None
+    assert c.warnings == ("--health-addr has no effect without --health-port (the endpoint is off)",)

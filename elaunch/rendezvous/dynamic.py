@@ -164,7 +164,7 @@ class DynamicRendezvous:
                     self._standby(st, rnd, final)
                     deadline = time.monotonic() + self._s.join_timeout
                 rnd += 1  # late: join the next round; that tells the running nodes we wait
-            new = Round(rnd, tuple(final), rank)
+            new = Round(rnd, final if isinstance(final, tuple) else tuple(final), rank)
             self._state.new_round(new)
             if not self._stop.is_set():
                 self._watcher.start()
@@ -173,7 +173,7 @@ class DynamicRendezvous:
             run_id=self._run_id,
             round=rnd,
             group_rank=new.rank,
-            nodes=tuple(r.info for r in new.nodes),
+            nodes=new.nodes.infos if isinstance(new.nodes, rounds.Group) else tuple(r.info for r in new.nodes),
             master_addr=head.host,
             master_port=head.master_port,
         )
@@ -286,7 +286,7 @@ class DynamicRendezvous:
                 self._main_lock.release()
 
     # -- joining -----------------------------------------------------------------------------
-    def _join_round(self, st: Store, rnd: int, rec: NodeRecord, deadline: float) -> list[NodeRecord]:
+    def _join_round(self, st: Store, rnd: int, rec: NodeRecord, deadline: float) -> Sequence[NodeRecord]:
         """Join round `rnd`; return its final group (which may not include us: then we are late)."""
         rk = self._k.round(rnd)
         st.append(rk.nodes, rounds.record_line(rec))
@@ -297,7 +297,7 @@ class DynamicRendezvous:
             return self._finalise(st, rnd, deadline)
         return self._await_final(st, rnd, deadline)
 
-    def _await_final(self, st: Store, rnd: int, deadline: float) -> list[NodeRecord]:
+    def _await_final(self, st: Store, rnd: int, deadline: float) -> Sequence[NodeRecord]:
         """Block on the round's `final` key; between bounded waits, watch the finaliser's
         heartbeat and take over if it stopped (it died during the last call)."""
         k = self._k
@@ -308,7 +308,7 @@ class DynamicRendezvous:
         while True:
             left = deadline - time.monotonic()
             if st.wait([rk.final], max(0.0, min(left, self._slice))):
-                return list(rounds.decode_group(st.get(rk.final)))
+                return rounds.decode_group(st.get(rk.final))
             self._check(st)
             now = time.monotonic()
             if now >= deadline:
@@ -349,7 +349,7 @@ class DynamicRendezvous:
     def _take_over(self, st: Store, rnd: int, expected: str) -> str:
         return st.compare_set(self._k.round(rnd).finaliser, expected, self._id).decode()
 
-    def _finalise(self, st: Store, rnd: int, deadline: float) -> list[NodeRecord]:
+    def _finalise(self, st: Store, rnd: int, deadline: float) -> Sequence[NodeRecord]:
         """As the round's finaliser: wait for the previous round to be released, for MIN live
         joiners, then up to last_call_timeout for MAX; publish the ordered group."""
         k = self._k
@@ -391,7 +391,7 @@ class DynamicRendezvous:
             raise RendezvousError(reason) from None
         got = st.compare_set(rk.final, "", rounds.final_payload(rnd, self._id, ordered))
         st.compare_set(k.open_round, str(rnd), str(rnd + 1))
-        return list(rounds.decode_group(got))
+        return rounds.decode_group(got)
 
     def _last_call(self, st: Store, rnd: int, live: list[NodeRecord], alive: Callable[[], None]) -> list[NodeRecord]:
         """Wait up to last_call_timeout for more joiners, up to MAX, or (a restart round) until

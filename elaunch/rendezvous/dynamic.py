@@ -228,6 +228,7 @@ class DynamicRendezvous:
         rk = self._k.round(rv.number)
         with self._main_lock:
             st = self._store
+            st.set(rk.fin(rv.rank), "1")  # from now on our heartbeat may stop: we are not lost
             if rounds.last_at_barrier(st.add(rk.exit, 1), rv.size):
                 st.set(rk.exit_done, "1")
             else:
@@ -247,6 +248,44 @@ class DynamicRendezvous:
                         f"exit barrier: {arrived} of {rv.size} nodes finished within {timeout:g} s"
                     )
             self._passed_barrier = True
+
+    def serving_others(self) -> str | None:
+        """After a timed-out exit barrier: why this node stays (it hosts the store and nodes of
+        the round have not finished: `rounds.store_host_stays`), or None."""
+        rv = self._state.round
+        if rv is None or not getattr(self._store, "is_host", False) or self._state.closed is not None:
+            return None
+        try:
+            with self._ctl.use() as ctl:
+                arrived = ctl.add(self._k.round(rv.number).exit, 0)
+        except StoreError:
+            return None
+        return rounds.store_host_stays(arrived, rv.size)
+
+    def keep_serving(self) -> None:
+        """Block while this node hosts the store and a node of the round that has not reached
+        the exit barrier still beats (each is read on our clock, as the ring does); return when
+        every node finished, the others' heartbeats stopped, or the job closed. The node's own
+        membership thread keeps beating meanwhile. Store errors end it (nobody left to serve)."""
+        rv = self._state.round
+        if rv is None or not getattr(self._store, "is_host", False):
+            return
+        k, rk = self._k, self._k.round(rv.number)
+        beats = {g: Beat(self._s.heartbeat_timeout, self._slice) for g in range(rv.size) if g != rv.rank}
+        with self._main_lock:
+            st = self._store
+            try:
+                while not st.wait([rk.exit_done], self._slice):
+                    self._check(st)
+                    now = time.monotonic()
+                    for g in [g for g in beats if st.check([rk.fin(g)])]:
+                        del beats[g]  # finished
+                    for g in [g for g, b in beats.items() if b.stale(st.add(k.hb(rv.nodes[g].id), 0), now)]:
+                        del beats[g]  # gone without finishing: nothing to serve it
+                    if not beats:
+                        return
+            except (RendezvousClosedError, StoreError):
+                return
 
     def publish_failure(self, summary: str) -> None:
         with self._ctl.use() as ctl:

@@ -50,6 +50,11 @@ class RoundKeys:
         """Marker set by the k-th joiner once k >= MIN (the finaliser waits on the next one)."""
         return f"{self._base}/at/{k}"
 
+    def fin(self, rank: int) -> str:
+        """Marker: group rank `rank` reached the exit barrier (its workers finished), so its
+        heartbeat may stop without it being lost."""
+        return f"{self._base}/fin/{rank}"
+
     def rel(self, rank: int) -> str:
         """Group rank `rank` left the round (rejoined, or found lost); holds who released it."""
         return f"{self._base}/rel/{rank}"

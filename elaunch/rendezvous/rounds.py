@@ -373,6 +373,21 @@ def last_at_barrier(arrived: int, size: int) -> bool:
     return arrived >= size
 
 
+def store_host_stays(arrived: int, size: int) -> str | None:
+    """Why the node hosting the store stays once its exit barrier timed out with `arrived` of
+    `size` nodes finished (None when all did): leaving would pull the store from under the
+    others (pytorch#118891), so it serves them as long as they run, whatever
+    --exit-barrier-timeout says."""
+    if arrived >= size:
+        return None
+    left = size - arrived
+    return (
+        f"this node hosts the rendezvous store: it keeps serving while the other {left} node(s) "
+        "still run (their heartbeats say so), whatever --exit-barrier-timeout says; "
+        "an rdzv-server (`elaunch rdzv-server`) would let it go"
+    )
+
+
 def goodbyes_expected(round_size: int | None, lost: int) -> int:
     """How many goodbyes the store's host waits for: its round's nodes that were not lost (1,
     itself, when it never completed a round)."""
@@ -415,6 +430,7 @@ __all__ = [
     "round_is_full",
     "round_released",
     "round_to_join",
+    "store_host_stays",
     "strict_ranks_reason",
     "survivors",
 ]

@@ -227,3 +227,9 @@ def test_every_key_lives_under_the_quoted_run_id() -> None:
         for n in ("nodes", "joined", "finaliser", "final", "released", "done", "lost", "exit", "exit_done")
     ]
     assert (r.at(3), r.rel(0)) == (f"{p}/r7/at/3", f"{p}/r7/rel/0")
+
+
+def test_the_store_host_stays_only_while_nodes_have_not_finished() -> None:
+    assert rounds.store_host_stays(2, 2) is None
+    why = rounds.store_host_stays(1, 3)
+    assert why is not None and "other 2 node(s) still run" in why and "--exit-barrier-timeout" in why

@@ -78,6 +78,8 @@ class Keys:
         """List of JSON strings: the failure summaries nodes published."""
         self.bye = f"{p}/bye"
         """Counter of nodes that said goodbye in `shutdown`."""
+        self.lease = f"{p}/lease"
+        """etcd only: the id of the job's lease, which every key of the job (this one too) carries."""
 
     def hb(self, node_id: str) -> str:
         """Heartbeat counter of node `node_id` (its id URL-quoted)."""

@@ -158,7 +158,8 @@ def serve(cfg: ServerConfig, out: TextIO, stop: threading.Event, clock: Callable
     )
     jobs = _Jobs(srv)
     seen: dict[str, JobSeen] = {}
-    while not stop.wait(cfg.poll_interval):
+
+    def look() -> None:
         now = clock()
         by_job = jobs_in(srv.list_keys())
         for run_id in sorted(set(seen) - set(by_job)):
@@ -169,8 +170,7 @@ def serve(cfg: ServerConfig, out: TextIO, stop: threading.Event, clock: Callable
                 say(f"job {run_id!r} started")
             try:
                 closed, reason, byes, size, opened, beats = jobs.read(run_id, keys)
-            except (RuntimeError, ValueError) as e:  # a key removed between list and read
-                del e
+            except (RuntimeError, ValueError):  # a key removed between list and read
                 continue
             js = seen[run_id]
             if beats != js.beats:
@@ -183,8 +183,11 @@ def serve(cfg: ServerConfig, out: TextIO, stop: threading.Event, clock: Callable
                 removed = jobs.remove(keys)
                 say(end_line(run_id, how, reason, opened, size, removed))
                 del seen[run_id]
+
+    while not stop.wait(cfg.poll_interval):
+        look()
+    look()  # a last look: jobs that ended since the previous one are reported and removed
     say(f"stopping: {len(seen)} job(s) still served" if seen else "stopping")
-    del srv
     return 0
 
 

@@ -41,8 +41,9 @@ class ServerConfig(Value):
     """Seconds between two looks at the store's keys."""
     linger: float = 60.0
     """Seconds a closed job's keys stay when not every node said goodbye (a node died)."""
-    abandon_after: float = 600.0
-    """Seconds without any heartbeat, closed or not, after which a job is taken as dead."""
+    abandon_after: float = 1200.0
+    """Seconds without any heartbeat after which a job is taken as dead; above join_timeout (600 s by
+    default), since nodes that wait for a round to form do not beat."""
 
 
 @value

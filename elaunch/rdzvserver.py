@@ -209,8 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--abandon-after",
-        default="600",
-        help="Seconds without any heartbeat after which a job is removed (default 600).",
+        default="1200",
+        help="Seconds without any heartbeat after which a job is removed; keep it above join_timeout (default 1200).",
     )
     return p
 

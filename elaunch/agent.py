@@ -672,6 +672,10 @@ class Agent:
             self._blocking(lambda: self._rdzv.exit_barrier(self.spec.exit_barrier_timeout))
         except RendezvousError as e:
             self._message("warning", e.message)  # the rendezvous says "exit barrier: ..." itself
+            why = self._rdzv.serving_others()  # the store's host must not pull it from under the others
+            if why is not None:
+                self._message("info", why)
+                self._blocking(self._rdzv.keep_serving)
 
     def _note_membership(self) -> Membership:
         """The rendezvous' membership view, published as an event when it changed."""

@@ -199,7 +199,8 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="elaunch",
         description="Launch TRAINING_SCRIPT on this node's workers, like torchrun. Every option also takes its "
-        "default from PET_<NAME> (elaunch's own from ELAUNCH_<NAME>); the command line wins.",
+        "default from PET_<NAME> (elaunch's own from ELAUNCH_<NAME>); the command line wins. "
+        "`elaunch rdzv-server --help`: host only the rendezvous store, off the training nodes.",
         allow_abbrev=True,
         formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=34, width=100),
     )
@@ -287,6 +288,10 @@ def main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     if not argv:
         parser().print_help()
         return 2
+    if argv[0] == "rdzv-server":  # a subcommand only as the first argument: see rdzvserver.py
+        from elaunch.rdzvserver import main as serve_main
+
+        return serve_main(argv[1:], env)
     opts, sources = parse(argv, env)
     config = build_config(opts, sources, env)
     if config.dry_run:

@@ -10,7 +10,8 @@ agent's return from `next_rendezvous` (CLOCK_MONOTONIC is shared by all processe
 MIN = MAX = N, so neither implementation waits for a last call. torch gets --torch-limit seconds
 per N; once it misses one, larger N are skipped for it.
 
-    python scripts/bench_rendezvous.py            # N = 8 32 64 128 256 1024
+    python scripts/bench_rendezvous.py            # N = 8 32 64 128 256 1024 2048 4096
+    python scripts/bench_rendezvous.py --sizes 1024,2048,4096 --no-torch --repeats 1   # the large rounds
     python scripts/bench_rendezvous.py --quick    # N = 8 32 (CI smoke)
     python scripts/bench_rendezvous.py --sizes 8,64 --repeats 5 --torch-limit 120
     python scripts/bench_rendezvous.py --recovery # also: node death -> survivors' next round
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = (8, 32, 64, 128, 256, 1024)
+SIZES = (8, 32, 64, 128, 256, 1024, 2048, 4096)
 QUICK_SIZES = (8, 32)
 
 
@@ -367,10 +368,12 @@ def main() -> None:
         rows.append((n, ours_s, theirs_s, ratio))
         print(f"# N={n}: elaunch {[round(t, 3) if t else None for t in times]} torch {theirs_s}", flush=True)
     print()
-    print("| N | elaunch median (s) | torch (s) | torch / elaunch |")
-    print("|---:|---:|---:|---:|")
+    # ms per node: flat means the round grows linearly with N (all N agents share this machine's CPUs)
+    print("| N | elaunch median (s) | ms per node | torch (s) | torch / elaunch |")
+    print("|---:|---:|---:|---:|---:|")
     for n, a, b, r in rows:
-        print(f"| {n} | {a} | {b} | {r} |")
+        per = f"{1000 * float(a) / n:.2f}" if a != "not done" else "-"
+        print(f"| {n} | {a} | {per} | {b} | {r} |")
     if args.recovery:
         rconf = {"join_timeout": 120.0, "last_call_timeout": 1.0, "heartbeat_timeout": 2.0, "keep_alive_interval": 0.5}
         print()

@@ -213,6 +213,15 @@ class Rendezvous(Protocol):
         """Block until every node of the current round has finished, or `timeout` passes."""
         ...
 
+    def serving_others(self) -> str | None:
+        """Why this node must stay after its exit barrier timed out (it hosts the store, and
+        nodes of the round have not finished), or None: it may go."""
+        ...
+
+    def keep_serving(self) -> None:
+        """Block while `serving_others` holds and a node that has not finished still beats."""
+        ...
+
     def publish_failure(self, summary: str) -> None:
         """Record this node's failure so other nodes can report the cross-node root cause."""
         ...

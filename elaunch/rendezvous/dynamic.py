@@ -202,7 +202,7 @@ class DynamicRendezvous:
                     self._standby(st, rnd, final, me.host)
                     deadline = time.monotonic() + self._s.join_timeout
                 rnd += 1  # late: join the next round; that tells the running nodes we wait
-            return self._completed(Round(rnd, tuple(final), rank))
+            return self._completed(Round(rnd, final if isinstance(final, tuple) else tuple(final), rank))
 
     def _completed(self, new: Round) -> RendezvousInfo:
         """Round `new` is this node's now: reset the membership view, (first time) start the
@@ -216,7 +216,7 @@ class DynamicRendezvous:
             run_id=self._run_id,
             round=new.number,
             group_rank=new.rank,
-            nodes=tuple(r.info for r in new.nodes),
+            nodes=new.nodes.infos if isinstance(new.nodes, rounds.Group) else tuple(r.info for r in new.nodes),
             master_addr=head.host,
             master_port=head.master_port,
         )
@@ -296,6 +296,7 @@ class DynamicRendezvous:
         rk = self._k.round(rv.number)
         with self._main_lock:
             st = self._store
+            st.set(rk.fin(rv.rank), "1")  # from now on our heartbeat may stop: we are not lost
             if rounds.last_at_barrier(st.add(rk.exit, 1), rv.size):
                 st.set(rk.exit_done, "1")
             else:
@@ -315,6 +316,44 @@ class DynamicRendezvous:
                         f"exit barrier: {arrived} of {rv.size} nodes finished within {timeout:g} s"
                     )
             self._passed_barrier = True
+
+    def serving_others(self) -> str | None:
+        """After a timed-out exit barrier: why this node stays (it hosts the store and nodes of
+        the round have not finished: `rounds.store_host_stays`), or None."""
+        rv = self._state.round
+        if rv is None or not getattr(self._store, "is_host", False) or self._state.closed is not None:
+            return None
+        try:
+            with self._ctl.use() as ctl:
+                arrived = ctl.add(self._k.round(rv.number).exit, 0)
+        except StoreError:
+            return None
+        return rounds.store_host_stays(arrived, rv.size)
+
+    def keep_serving(self) -> None:
+        """Block while this node hosts the store and a node of the round that has not reached
+        the exit barrier still beats (each is read on our clock, as the ring does); return when
+        every node finished, the others' heartbeats stopped, or the job closed. The node's own
+        membership thread keeps beating meanwhile. Store errors end it (nobody left to serve)."""
+        rv = self._state.round
+        if rv is None or not getattr(self._store, "is_host", False):
+            return
+        k, rk = self._k, self._k.round(rv.number)
+        beats = {g: Beat(self._s.heartbeat_timeout, self._slice) for g in range(rv.size) if g != rv.rank}
+        with self._main_lock:
+            st = self._store
+            try:
+                while not st.wait([rk.exit_done], self._slice):
+                    self._check(st)
+                    now = time.monotonic()
+                    for g in [g for g in beats if st.check([rk.fin(g)])]:
+                        del beats[g]  # finished
+                    for g in [g for g, b in beats.items() if b.stale(st.add(k.hb(rv.nodes[g].id), 0), now)]:
+                        del beats[g]  # gone without finishing: nothing to serve it
+                    if not beats:
+                        return
+            except (RendezvousClosedError, StoreError):
+                return
 
     def publish_failure(self, summary: str) -> None:
         with self._ctl.use() as ctl:
@@ -366,7 +405,7 @@ class DynamicRendezvous:
         return conn
 
     # -- joining -----------------------------------------------------------------------------
-    def _join_round(self, st: Store, rnd: int, rec: NodeRecord, deadline: float) -> list[NodeRecord]:
+    def _join_round(self, st: Store, rnd: int, rec: NodeRecord, deadline: float) -> Sequence[NodeRecord]:
         """Join round `rnd`; return its final group (which may not include us: then we are late)."""
         rk = self._k.round(rnd)
         st.append(rk.nodes, rounds.record_line(rec))
@@ -377,7 +416,7 @@ class DynamicRendezvous:
             return self._finalise(st, rnd, deadline)
         return self._await_final(st, rnd, deadline)
 
-    def _await_final(self, st: Store, rnd: int, deadline: float) -> list[NodeRecord]:
+    def _await_final(self, st: Store, rnd: int, deadline: float) -> Sequence[NodeRecord]:
         """Block on the round's `final` key; between bounded waits, watch the finaliser's
         heartbeat and take over if it stopped (it died during the last call)."""
         k = self._k
@@ -388,7 +427,7 @@ class DynamicRendezvous:
         while True:
             left = deadline - time.monotonic()
             if st.wait([rk.final], max(0.0, min(left, self._slice))):
-                return list(rounds.decode_group(st.get(rk.final)))
+                return rounds.decode_group(st.get(rk.final))
             self._check(st)
             now = time.monotonic()
             if now >= deadline:
@@ -463,7 +502,7 @@ class DynamicRendezvous:
     def _take_over(self, st: Store, rnd: int, expected: str) -> str:
         return st.compare_set(self._k.round(rnd).finaliser, expected, self._id).decode()
 
-    def _finalise(self, st: Store, rnd: int, deadline: float) -> list[NodeRecord]:
+    def _finalise(self, st: Store, rnd: int, deadline: float) -> Sequence[NodeRecord]:
         """As the round's finaliser: wait for the previous round to be released, for MIN live
         joiners, then up to last_call_timeout for MAX; publish the ordered group."""
         k = self._k
@@ -510,7 +549,7 @@ class DynamicRendezvous:
             raise RendezvousError(reason) from None
         got = st.compare_set(rk.final, "", rounds.final_payload(rnd, self._id, ordered))
         st.compare_set(k.open_round, str(rnd), str(rnd + 1))
-        return list(rounds.decode_group(got))
+        return rounds.decode_group(got)
 
     def _last_call(self, st: Store, rnd: int, live: list[NodeRecord], alive: Callable[[], None]) -> list[NodeRecord]:
         """Wait up to last_call_timeout for more joiners, up to MAX, or (a restart round) until

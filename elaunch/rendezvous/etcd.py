@@ -121,6 +121,8 @@ class EtcdStore:
             OSError,
         )
         self._closed = False
+        self._lease: int | None = None
+        """A lease every key this connection writes is attached to (`use_lease`), or None."""
         self._lock = threading.Lock()  # _known only
         self._known: dict[str, tuple[bytes | None, int]] = {}
 
@@ -199,7 +201,7 @@ class EtcdStore:
                 continue
             txn = {
                 "compare": [{"key": k, "result": "EQUAL", "target": "MOD", "mod_revision": str(mod)}],
-                "success": [{"request_put": {"key": k, "value": _b64(new)}}],
+                "success": [{"request_put": self._put(k, new)}],
                 "failure": [{"request_range": {"key": k}}],
             }
             out = self._post(op, "/kv/txn", txn)
@@ -217,6 +219,36 @@ class EtcdStore:
                 raise self._fail(
                     op, f"{key!r} still changing under us after {attempts} attempts in {self._timeout:g} s"
                 )
+
+    def _put(self, k: str, value: bytes) -> dict[str, str]:
+        """A put request for the (encoded) key `k`, attached to this connection's lease if any."""
+        req = {"key": k, "value": _b64(value)}
+        if self._lease is not None:
+            req["lease"] = str(self._lease)
+        return req
+
+    # -- leases (docs/rendezvous.md#etcd: the job's keys vanish with it) ---------------------------
+    def use_lease(self, lease: int | None) -> None:
+        """Attach every key this connection (and its later clones) writes to `lease`."""
+        self._lease = lease
+
+    def grant_lease(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds (etcd may round it up to its minimum); its id."""
+        out = self._post("grant_lease", "/lease/grant", {"TTL": int(ttl), "ID": 0})
+        try:
+            return int(out["ID"])
+        except (KeyError, ValueError):
+            raise self._fail("grant_lease", f"unexpected answer {out!r:.100}") from None
+
+    def keep_alive(self, lease: int) -> int:
+        """Renew `lease`: its new TTL in seconds, or -1 when it already expired (its keys are gone)."""
+        out = self._post("keep_alive", "/lease/keepalive", {"ID": str(lease)})
+        result = out.get("result", out)
+        return int(result.get("TTL", -1)) if isinstance(result, dict) else -1
+
+    def revoke_lease(self, lease: int) -> None:
+        """End `lease` now: etcd deletes every key attached to it."""
+        self._post("revoke_lease", "/kv/lease/revoke", {"ID": str(lease)})
 
     def _watch(self, key: str, after: int, bound: float) -> bool:
         """Block until etcd reports a change of `key` after revision `after`, or `bound` s pass.
@@ -303,7 +335,7 @@ class EtcdStore:
 
     # -- the Store protocol -----------------------------------------------------------------------
     def set(self, key: str, value: Value) -> None:
-        out = self._post("set", "/kv/put", {"key": self._key(key), "value": _b64(_bytes(value))})
+        out = self._post("set", "/kv/put", self._put(self._key(key), _bytes(value)))
         self._remember(self._key(key), _bytes(value), int(out.get("header", {}).get("revision", 0)))
 
     def get(self, key: str, timeout: float | None = None) -> bytes:
@@ -371,7 +403,9 @@ class EtcdStore:
     def clone(self) -> EtcdStore:
         if self._closed:
             raise StoreError(f"rendezvous store at {self.address}: clone on a closed connection")
-        return EtcdStore(self._host, self._port, timeout=self._timeout, options=self._opts, api_path=self._api)
+        other = EtcdStore(self._host, self._port, timeout=self._timeout, options=self._opts, api_path=self._api)
+        other.use_lease(self._lease)
+        return other
 
     def set_timeout(self, timeout: float) -> None:
         self._timeout = timeout

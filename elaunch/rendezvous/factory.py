@@ -105,10 +105,11 @@ def _c10d(cfg: RendezvousConfig, ep: Endpoint, node_id: str) -> Rendezvous:
 
 def _etcd(cfg: RendezvousConfig, ep: Endpoint, node_id: str) -> Rendezvous:
     """No node hosts anything: every node has master priority 0 (rank 0 is the first to join
-    unless a `--node-rank` preference says otherwise). A run id already closed in etcd is
-    refused (`RendezvousClosedError` with the `etcdctl` line that clears it)."""
-    from elaunch.rendezvous.dynamic import DynamicRendezvous
+    unless a `--node-rank` preference says otherwise). The job's keys carry one etcd lease
+    (`lease.LeasedRendezvous`): they vanish with the job. A run id still closed in etcd (its
+    lease not yet expired) is refused (`RendezvousClosedError` with the `etcdctl` line that clears it)."""
     from elaunch.rendezvous.etcd import connect_etcd, refuse_closed_run
+    from elaunch.rendezvous.lease import LeasedRendezvous
 
     s = cfg.settings
     store = connect_etcd(
@@ -121,7 +122,7 @@ def _etcd(cfg: RendezvousConfig, ep: Endpoint, node_id: str) -> Rendezvous:
 
     def build(st: EtcdStore) -> Rendezvous:
         refuse_closed_run(st, cfg.run_id)
-        return DynamicRendezvous(st, cfg.run_id, cfg.min_nodes, cfg.max_nodes, s, node_id, standby=cfg.standby)
+        return LeasedRendezvous(st, cfg.run_id, cfg.min_nodes, cfg.max_nodes, s, node_id, standby=cfg.standby)
 
     return _built(store, build)
 

@@ -56,6 +56,11 @@ class RoundKeys:
         """Marker set by the k-th joiner once k >= MIN (the finaliser waits on the next one)."""
         return f"{self._base}/at/{k}"
 
+    def fin(self, rank: int) -> str:
+        """Marker: group rank `rank` reached the exit barrier (its workers finished), so its
+        heartbeat may stop without it being lost."""
+        return f"{self._base}/fin/{rank}"
+
     def rel(self, rank: int) -> str:
         """Group rank `rank` left the round (rejoined, or found lost); holds who released it."""
         return f"{self._base}/rel/{rank}"
@@ -81,6 +86,8 @@ class Keys:
         """Counter of nodes that said goodbye in `shutdown`."""
         self.spares = f"{p}/spares"
         """Lines `+<id> <host>` / `-<id> <host>`: nodes that stand by as spares, and stopped (`spares`)."""
+        self.lease = f"{p}/lease"
+        """etcd only: the id of the job's lease, which every key of the job (this one too) carries."""
 
     def hb(self, node_id: str) -> str:
         """Heartbeat counter of node `node_id` (its id URL-quoted)."""

@@ -78,6 +78,13 @@ class LocalRendezvous:
     def exit_barrier(self, timeout: float) -> None:
         """Only this node: nothing to wait for."""
 
+    def serving_others(self) -> str | None:
+        """No store, nobody else."""
+        return None
+
+    def keep_serving(self) -> None:
+        """Nothing to serve."""
+
     def publish_failure(self, summary: str) -> None:
         self._failures.append(summary)
 

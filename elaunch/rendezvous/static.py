@@ -102,6 +102,12 @@ class StaticRendezvous:
     def exit_barrier(self, timeout: float) -> None:
         self._dyn.exit_barrier(timeout)
 
+    def serving_others(self) -> str | None:
+        return self._dyn.serving_others()
+
+    def keep_serving(self) -> None:
+        self._dyn.keep_serving()
+
     def publish_failure(self, summary: str) -> None:
         self._dyn.publish_failure(summary)
 

@@ -294,7 +294,9 @@ class Watcher:
         if w.target is not None:
             target = rv.nodes[w.target]
             if w.beat.stale(ctl.add(k.hb(target.id), 0), time.monotonic()):
-                if release_slot(ctl, k, rv, w.target, f"lost:{self._id}"):
+                # A node that reached the exit barrier (`fin`) may stop beating: it is not lost.
+                finished = ctl.check([rk.fin(w.target)])
+                if not finished and release_slot(ctl, k, rv, w.target, f"lost:{self._id}"):
                     ctl.append(rk.lost, rounds.lost_line(w.target, target.info.host, target.id))
                 w.advance(rv)
         lost = self._state.lost

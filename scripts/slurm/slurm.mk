@@ -5,7 +5,7 @@ SBATCH ?= sbatch
 SBATCH_ARGS ?=
 TRAIN_ARGS ?=
 
-.PHONY: slurm-one slurm-multi slurm-elastic
+.PHONY: slurm-one slurm-multi slurm-elastic slurm-rdzv-server
 
 slurm-one:
 	$(SBATCH) $(SBATCH_ARGS) scripts/slurm/one_node.sbatch $(TRAIN_ARGS)
@@ -15,3 +15,6 @@ slurm-multi:
 
 slurm-elastic:
 	$(SBATCH) $(SBATCH_ARGS) scripts/slurm/elastic_requeue.sbatch $(TRAIN_ARGS)
+
+slurm-rdzv-server:
+	$(SBATCH) $(SBATCH_ARGS) scripts/slurm/rdzv_server.sbatch $(TRAIN_ARGS)

@@ -221,6 +221,38 @@ def test_exit_barrier_timeout_warning_names_the_barrier_once(agents: Agents, tmp
     assert "warning: exit barrier: 1 of 2 nodes finished within 2 s" in lines, lines
 
 
+# Rank "now" finishes at once; rank "late" 12 s after it started: longer than the exit barrier's
+# timeout (2 s), heartbeat_timeout (3 s) and close_timeout (5 s) together.
+FINISH_LATE = """
+import sys, time
+if sys.argv[1] == "late":
+    time.sleep(12)
+print("finished", flush=True)
+"""
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(120)
+def test_the_store_host_finishing_first_keeps_serving_the_slower_node(agents: Agents, tmp_path: Path) -> None:
+    # pytorch#118891: the node hosting the store finishes first; the other runs longer than every
+    # timeout. The host stays (and says why) until the other finishes; nothing is "lost".
+    script = write_script(tmp_path, "finish.py", FINISH_LATE)
+    common = [*c10d(free_port()), "--exit-barrier-timeout", "2"]
+    agents.start("host", [*common, str(script), "now"])
+    wait_until(lambda: "run lo-" in agents.err("host"), 60, "agent host to host the store and start")
+    agents.start("other", [*common, str(script), "late"])
+    assert agents.wait("other", 90) == 0, agents.err("other")
+    other = agents.err("other")
+    assert "job SUCCEEDED" in other and "lost" not in other and "restarting" not in other, other
+    assert "finished" in (tmp_path / "other.out").read_text()
+    assert agents.wait("host", 30) == 0, agents.err("host")
+    host = agents.err("host")
+    assert "1 of 2 nodes finished within 2 s" in host, host
+    assert "it keeps serving while the other 1 node(s) still run" in host, host
+    assert _stamp(host, "keeps serving") < _stamp(other, "job SUCCEEDED") + 0.5  # said so while serving
+
+
 def sigterm_the_second_node(agents: Agents, args: list[str]) -> None:
     """Agent a hosts the store, b joins it; once b's worker runs in a round of two, b gets SIGTERM."""
     agents.start("a", args)

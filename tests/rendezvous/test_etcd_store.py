@@ -194,17 +194,63 @@ def test_a_round_over_etcd_then_losing_etcd_closes_the_job(etcd_server: Any) -> 
     wait_until(lambda: not rdzv_threads(), 10, "rendezvous threads to stop")
 
 
+def _job_keys(port: int, run_id: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every key of job `run_id` in etcd, with its metadata (read with etcd3gw, not elaunch)."""
+    import etcd3gw
+
+    raw = etcd3gw.client(host="127.0.0.1", port=port, timeout=5)
+    try:
+        return list(raw.get_prefix(f"/elaunch/{run_id}/"))
+    finally:
+        raw.session.close()
+
+
 @pytest.mark.etcd
 @pytest.mark.timeout(60)
-def test_a_finished_run_id_is_refused_with_how_to_reuse_it(etcd_server: Any) -> None:
-    cfg = config("etcd", etcd_server.port, run_id="done", nnodes=(1, 1))
-    rs = [create_rendezvous(cfg, node_id="n0")]
+def test_every_key_of_a_job_carries_its_lease_and_a_finished_job_leaves_none(etcd_server: Any) -> None:
+    cfg = config("etcd", etcd_server.port, run_id="leased", nnodes=(2, 2))
+    rs = [create_rendezvous(cfg, node_id=f"n{i}") for i in range(2)]
     try:
-        rs[0].next_rendezvous(info("h0"))
-        rs[0].exit_barrier(5)
+        calls = [Call(lambda r=r, i=i: r.next_rendezvous(info(f"h{i}"))) for i, r in enumerate(rs)]
+        for c in calls:
+            c.result(30)
+        keys = _job_keys(etcd_server.port, "leased")
+        leases = {int(meta.get("lease", 0)) for _, meta in keys}
+        assert len(keys) > 5 and len(leases) == 1 and 0 not in leases, keys  # one lease, on every key
+        (lease,) = leases
+        assert [v for v, m in keys if m["key"].endswith(b"/lease")] == [str(lease).encode()]
+        for c in [Call(lambda r=r: r.exit_barrier(10)) for r in rs]:
+            c.result(30)
     finally:
-        rs[0].shutdown()  # passed the barrier: closes the job ("finished")
-    with pytest.raises(RendezvousClosedError) as e:
-        create_rendezvous(cfg, node_id="n1")
+        for r in rs:
+            r.shutdown()  # passed the barrier: closed ("finished"); the last goodbye revokes the lease
+    assert _job_keys(etcd_server.port, "leased") == []
+
+
+@pytest.mark.etcd
+@pytest.mark.timeout(60)
+def test_a_finished_run_id_can_be_used_again(etcd_server: Any) -> None:
+    cfg = config("etcd", etcd_server.port, run_id="again", nnodes=(1, 1))
+    for i in range(2):
+        r = create_rendezvous(cfg, node_id=f"n{i}")
+        try:
+            assert r.next_rendezvous(info("h0")).round == 0  # a new job, not the closed one
+            r.exit_barrier(5)
+        finally:
+            r.shutdown()
+
+
+@pytest.mark.etcd
+@pytest.mark.timeout(60)
+def test_a_run_id_closed_but_not_yet_expired_is_refused_with_how_to_reuse_it(etcd_server: Any) -> None:
+    cfg = config("etcd", etcd_server.port, run_id="done", nnodes=(1, 1))
+    r = create_rendezvous(cfg, node_id="n0")
+    try:
+        r.next_rendezvous(info("h0"))
+        r.set_closed("it failed")  # and the node is still there (no goodbye): the keys stay until it leaves
+        with pytest.raises(RendezvousClosedError) as e:
+            create_rendezvous(cfg, node_id="n1")
+    finally:
+        r.shutdown()
     msg = e.value.message
-    assert "finished" in msg and "--rdzv-id" in msg and "del --prefix /elaunch/done/" in msg, msg
+    assert "it failed" in msg and "--rdzv-id" in msg and "del --prefix /elaunch/done/" in msg, msg

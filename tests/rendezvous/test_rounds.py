@@ -4,6 +4,7 @@ in, a decision out; no store, no threads, no clock. Also the key schema (keys.Ke
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 
@@ -120,9 +121,12 @@ def test_the_finalised_group_round_trips_through_the_final_key() -> None:
     live = [rec("a"), rec("b", prio=2), rec("c", rank=2), rec("d")]
     ordered = rounds.order_nodes(live, max_nodes=3)  # d is beyond MAX
     assert [r.id for r in ordered] == ["b", "a", "c"]  # the store's host is rank 0; c's preference held
-    raw = rounds.final_payload(4, "a", ordered).encode()
-    assert json.loads(raw)["round"] == 4 and json.loads(raw)["by"] == "a"
-    assert rounds.decode_group(raw) == tuple(ordered)
+    raw = rounds.final_payload(4, "a", ordered)
+    assert json.loads(zlib.decompress(raw))["round"] == 4 and json.loads(zlib.decompress(raw))["by"] == "a"
+    group = rounds.decode_group(raw)
+    assert group == tuple(ordered)
+    assert group.infos == tuple(r.info for r in ordered) and group.rank_of("c") == 2 and group.rank_of("d") == -1
+    assert rounds.placement(group, "a", max_nodes=3, strict=False) == (Placement.IN, 1)  # the O(1) path
 
 
 def test_static_rank_conflicts_become_one_reason() -> None:
@@ -228,3 +232,9 @@ def test_every_key_lives_under_the_quoted_run_id() -> None:
         for n in ("nodes", "joined", "finaliser", "final", "released", "done", "lost", "exit", "exit_done")
     ]
     assert (r.at(3), r.rel(0)) == (f"{p}/r7/at/3", f"{p}/r7/rel/0")
+
+
+def test_the_store_host_stays_only_while_nodes_have_not_finished() -> None:
+    assert rounds.store_host_stays(2, 2) is None
+    why = rounds.store_host_stays(1, 3)
+    assert why is not None and "other 2 node(s) still run" in why and "--exit-barrier-timeout" in why

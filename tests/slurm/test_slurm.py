@@ -137,6 +137,35 @@ def test_multi_node_example_trains_with_rank0_on_first_node(
 
 @pytest.mark.torch
 @pytest.mark.timeout(300)
+def test_rdzv_server_example_serves_the_job_from_outside_its_steps(
+    slurm_cluster: Callable[..., SlurmCluster], tmp_path: Path
+) -> None:
+    s = slurm_cluster(2)
+    job = Job(s, tmp_path)
+    # PYTHONPATH: the `elaunch` on PATH runs this checkout's code (a worktree's too).
+    job.submit(
+        "scripts/slurm/rdzv_server.sbatch",
+        "--steps",
+        "30",
+        "--marker-dir",
+        str(job.markers),
+        env={"PYTHONPATH": str(REPO)},
+    )
+    assert job.wait() == "COMPLETED", job.output()
+    out = job.output()
+    assert job.exit_code() == "0:0", out
+    for rank in (0, 1):
+        assert f"rank {rank} of 2 on" in out and (job.marker("done", rank) or [""])[0].startswith("host"), out
+    assert out.count("job SUCCEEDED") == 2, out
+    assert "serving the rendezvous store on port" in out, out
+    run = f"slurm-{job.id}.0"
+    assert out.count(f"job '{run}' started") == 1 and out.count(f"job '{run}' ended") == 1, out
+    assert out.rstrip().endswith("stopping"), out  # the batch shell's SIGTERM: a clean stop
+    nodes_quiet(s)
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(300)
 def test_one_node_example_with_workers_from_pet_variable(
     slurm_cluster: Callable[..., SlurmCluster], tmp_path: Path
 ) -> None:

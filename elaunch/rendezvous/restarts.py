@@ -21,7 +21,6 @@ The decisions are the pure functions below; `DynamicRendezvous` does the store I
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
 
@@ -35,17 +34,15 @@ from elaunch.values import replace
 
 
 # -- pure ------------------------------------------------------------------------------------------
-def restart_payload(number: int, by: str, group: Sequence[NodeRecord], reason: str) -> str:
+def restart_payload(number: int, by: str, group: Sequence[NodeRecord], reason: str) -> bytes:
     """The value of `R/final` for a restart round: `final_payload`'s fields plus `restart`, the
     reason (who asked, and why)."""
-    doc = json.loads(rounds.final_payload(number, by, group))
-    doc["restart"] = reason or "restart"
-    return json.dumps(doc)
+    return rounds.final_payload(number, by, group, restart=reason or "restart")
 
 
 def restart_reason(raw_final: bytes) -> str | None:
     """The reason of a published round that is a restart round; None for a full round."""
-    reason = json.loads(raw_final).get("restart")
+    reason = rounds.final_doc(raw_final).get("restart")
     return str(reason) if reason else None
 
 

@@ -106,11 +106,19 @@ def lost_ids(raw_lost: bytes) -> set[str]:
     return {json.loads(line)["id"] for line in raw_lost.decode().splitlines() if line}
 
 
-def final_payload(number: int, by: str, ordered: Sequence[NodeRecord]) -> bytes:
-    """The value of `R/final`: round number, finaliser id and the group in group-rank order, as
-    zlib-compressed JSON. Every node reads it, so a round moves N times its size through the
-    store; records of one job look alike and compress about 6x (about 15 bytes a node)."""
-    return zlib.compress(json.dumps({"round": number, "by": by, "nodes": [r.encode() for r in ordered]}).encode(), 1)
+def final_payload(number: int, by: str, ordered: Sequence[NodeRecord], **extra: object) -> bytes:
+    """The value of `R/final`: round number, finaliser id and the group in group-rank order (and
+    `extra` fields, e.g. a restart round's reason), as zlib-compressed JSON. Every node reads it,
+    so a round moves N times its size through the store; records of one job look alike and
+    compress about 6x (about 15 bytes a node)."""
+    doc = {"round": number, "by": by, "nodes": [r.encode() for r in ordered], **extra}
+    return zlib.compress(json.dumps(doc).encode(), 1)
+
+
+def final_doc(raw: bytes) -> dict[str, Any]:
+    """The fields of a published `R/final` (see `final_payload`)."""
+    doc: dict[str, Any] = json.loads(zlib.decompress(raw))
+    return doc
 
 
 class Group(tuple[NodeRecord, ...]):
@@ -139,7 +147,7 @@ def decode_group(raw: bytes) -> Group:
     """A round's published group (`R/final`). Pure, hence memoised: agents that share a process
     (tests, the benchmark's threads) decode a round once instead of once each; a real node
     decodes its own (about 10 ms for 4096 nodes)."""
-    return Group(NodeRecord.decode(row) for row in json.loads(zlib.decompress(raw))["nodes"])
+    return Group(NodeRecord.decode(row) for row in final_doc(raw)["nodes"])
 
 
 # -- which round, and joining it ---------------------------------------------------------------
@@ -432,6 +440,7 @@ __all__ = [
     "claims_finaliser",
     "decode_group",
     "enough_joined",
+    "final_doc",
     "final_payload",
     "finaliser_unclaimed_since",
     "goodbyes_expected",

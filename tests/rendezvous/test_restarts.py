@@ -3,12 +3,11 @@ in-memory store with threads as nodes."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from elaunch.rendezvous import restarts
+from elaunch.rendezvous import restarts, rounds
 from elaunch.rendezvous.api import Membership
 from elaunch.rendezvous.dynamic import DynamicRendezvous, NodeRecord
 from elaunch.rendezvous.store import MemoryStore
@@ -38,10 +37,10 @@ def join_all(rdzvs: list[DynamicRendezvous], ports: tuple[int, ...] = ()) -> lis
 # -- pure ------------------------------------------------------------------------------------------
 def test_a_restart_payload_is_a_final_payload_with_a_reason() -> None:
     group = (NodeRecord("a", info("h0")), NodeRecord("b", info("h1")))
-    raw = restarts.restart_payload(3, "b", group, "h1: exit 1").encode()
-    assert json.loads(raw)["round"] == 3
+    raw = restarts.restart_payload(3, "b", group, "h1: exit 1")
+    assert rounds.final_doc(raw)["round"] == 3 and rounds.decode_group(raw) == group
     assert restarts.restart_reason(raw) == "h1: exit 1"
-    assert restarts.restart_reason(b'{"round": 3, "by": "a", "nodes": []}') is None
+    assert restarts.restart_reason(rounds.final_payload(3, "a", group)) is None
     assert restarts.rank_in(group, "b") == 1 and restarts.rank_in(group, "z") == -1
     moved = restarts.with_master_port(group, 4242)
     assert moved[0].info.master_port == 4242 and moved[1] == group[1]

@@ -270,7 +270,7 @@ class DynamicRendezvous:
         spare_count = 0
         if rv is not None and self._min == self._max and self._state.closed is None:
             with self._ctl.use() as ctl:  # read now: the view is a beat old
-                spare_count = len(spares.read_spares(ctl, self._k, {r.id for r in rv.nodes}))
+                spare_count = len(spares.read_spares(ctl, self._k, lambda: {r.id for r in rv.nodes}))
         if self._state.closed is not None or not rounds.can_leave(
             self._min, self._max, others, hosts_store, spare_count
         ):

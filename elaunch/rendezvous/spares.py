@@ -11,7 +11,7 @@ rank of the node it replaces. The rules are the pure functions below.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.rounds import NodeRecord
@@ -64,11 +64,15 @@ def announce(st: Store, keys: Keys, node_id: str, host: str, standing_by: bool) 
     st.append(keys.spares, spare_line(node_id, host, standing_by))
 
 
-def read_spares(st: Store, keys: Keys, in_group: Collection[str]) -> tuple[str, ...]:
-    """Hosts standing by (`spare_hosts`): 1 operation when there are none, else 2."""
+def read_spares(st: Store, keys: Keys, in_group: Callable[[], Collection[str]]) -> tuple[str, ...]:
+    """Hosts standing by (`spare_hosts`): 1 operation when there are none, else 2.
+
+    `in_group` gives the ids of the current round's nodes; it is called only when some node ever
+    stood by: every node reads this each beat, and an O(N) set per beat on each of N nodes made
+    a 2,048-node round several times slower (the nodes done early starve the others of CPU)."""
     if not st.check([keys.spares]):
         return ()
-    return spare_hosts(st.get(keys.spares), in_group)
+    return spare_hosts(st.get(keys.spares), in_group())
 
 
 __all__ = ["announce", "as_published", "keep_group_ranks", "read_spares", "spare_hosts", "spare_line"]

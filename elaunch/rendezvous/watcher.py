@@ -303,7 +303,7 @@ class Watcher:
         if ctl.check([rk.lost]):
             lost = rounds.lost_nodes(ctl.get(rk.lost))
         waiting = ctl.add(k.round(rv.number + 1).joined, 0)
-        spares = read_spares(ctl, k, {r.id for r in rv.nodes})
+        spares = read_spares(ctl, k, lambda: {r.id for r in rv.nodes})
         return self._state.update(rv, lost, waiting) | self._state.set_spares(spares), False
 
 

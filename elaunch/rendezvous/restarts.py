@@ -21,7 +21,6 @@ The decisions are the pure functions below; `DynamicRendezvous` does the store I
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 
 from elaunch.errors import StoreError
@@ -29,7 +28,7 @@ from elaunch.rendezvous import rounds
 from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.rounds import NodeRecord, Round
 from elaunch.rendezvous.store import Store
-from elaunch.rendezvous.watcher import MembershipState, release_slot
+from elaunch.rendezvous.watcher import MembershipState, MembershipThread, release_slot
 from elaunch.values import replace
 
 
@@ -136,7 +135,7 @@ def report_missing(st: Store, keys: Keys, prev: Round, new: Round) -> tuple[str,
     return tuple(hosts)
 
 
-class RestartWatch:
+class RestartWatch(MembershipThread):
     """One thread per node that blocks on the next round's `final` and wakes the agent as soon
     as it is a restart round (`MembershipState.set_restart`): what makes a restart reach every
     node within a store round trip instead of a beat period.
@@ -160,24 +159,15 @@ class RestartWatch:
         self._id = node_id
         self._state = state
         self._period = period
-        self._name = name
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._conn: Store | None = None
+        super().__init__(name)
 
-    def start(self) -> None:
-        """Start the thread once (no-op afterwards, or once stopped)."""
-        if self._thread is None and not self._stop.is_set():
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float) -> bool:
         """End the thread (it is in a wait of at most one period) and close its connection."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-            if not self._thread.is_alive() and self._conn is not None:
-                self._conn.close()
+        ended = super().stop(timeout)
+        if ended and self._thread is not None and self._conn is not None:
+            self._conn.close()
+        return ended
 
     def _drop(self) -> None:
         """Forget a connection that failed (a timed-out call abandons it): the next look reconnects."""

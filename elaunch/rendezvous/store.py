@@ -226,30 +226,15 @@ class _MemoryData:
 
 
 def _import_torch_distributed() -> Any:
-    """Import torch.distributed on first use, quietly (`elaunch.torchimport`).
-
-    A timed-out `wait` is normal for us (bounded waits), but c10d logs each one to stderr.
-    The level is read once, when torch loads, so the variable is set only around the import
-    (and never overrides the user's own setting, nor leaks into the workers' environment).
-    """
-    global _DIST
-    if _DIST is not None:
-        return _DIST
-    with _DIST_LOCK:
-        if _DIST is not None:
-            return _DIST
-        try:
-            dist = import_quietly("torch.distributed")
-        except ImportError as e:  # pragma: no cover - torch is an optional dependency
-            raise StoreError(
-                "the c10d rendezvous needs PyTorch (pip install torch); only single-node runs work without it"
-            ) from e
-        _DIST = dist
-        return dist
-
-
-_DIST: Any = None
-_DIST_LOCK = threading.Lock()
+    """torch.distributed, imported on first use through `torchimport.import_quietly` (torch's
+    import-time warnings and C++ log lines silenced, e.g. a timed-out `wait` is normal for us but
+    c10d logs each one; thread-safe and cached in `sys.modules`). Raises StoreError without torch."""
+    try:
+        return import_quietly("torch.distributed")
+    except ImportError as e:  # pragma: no cover - torch is an optional dependency
+        raise StoreError(
+            "the c10d rendezvous needs PyTorch (pip install torch); only single-node runs work without it"
+        ) from e
 
 
 class _Slot:

@@ -213,7 +213,34 @@ def release_slot(st: Store, keys: Keys, rv: Round, rank: int, by: str) -> bool:
     return True
 
 
-class Watcher:
+class MembershipThread:
+    """A daemon thread of a node's membership (the `Watcher`, `restarts.RestartWatch`): started
+    once, with the first round, and ended by `stop`; `_run` returns soon after `_stop` is set."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread once (no-op afterwards, or once stopped)."""
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to end and wait up to `timeout` seconds for it; True once it has ended."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Watcher(MembershipThread):
     """The membership thread of one node: started with the first round, ended by `stop`."""
 
     def __init__(
@@ -232,22 +259,8 @@ class Watcher:
         self._s = settings
         self._state = state
         self._address = address
-        self._name = name
         self._period = settings.beat_period
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start the thread once (no-op afterwards, or once stopped)."""
-        if self._thread is None and not self._stop.is_set():
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float) -> None:
-        """Ask the thread to end and wait up to `timeout` seconds for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
+        super().__init__(name)
 
     def _run(self) -> None:
         """Beat until stopped or closed. A store that keeps failing for heartbeat_timeout closes
@@ -307,4 +320,13 @@ class Watcher:
         return self._state.update(rv, lost, waiting) | self._state.set_spares(spares), False
 
 
-__all__ = ["STORE_LOST", "Beat", "ControlConnection", "MembershipState", "RingWatch", "Watcher", "release_slot"]
+__all__ = [
+    "STORE_LOST",
+    "Beat",
+    "ControlConnection",
+    "MembershipState",
+    "MembershipThread",
+    "RingWatch",
+    "Watcher",
+    "release_slot",
+]

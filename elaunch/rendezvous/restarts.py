@@ -120,7 +120,8 @@ def missing_ranks(rels: Sequence[bytes], group: Sequence[NodeRecord]) -> list[in
 def report_missing(st: Store, keys: Keys, prev: Round, new: Round) -> tuple[str, ...]:
     """Members of restart round `new` that did not come back from `prev` (found lost while it
     ended, or left it: a failed health check): release their slots of `new` and list them in its
-    `R/lost` at once, instead of a heartbeat timeout later; returns their hosts (every node does the
+    `R/lost` at once, instead of a heartbeat timeout later; returns them as `rounds.node_label`s, as
+    `R/lost` is read (every node does the
     same; the slot's `compare_set` makes one report each). 1 operation when everybody came back."""
     rk = keys.round(prev.number)
     if st.add(rk.rejoined, 0) >= prev.size:
@@ -131,7 +132,7 @@ def report_missing(st: Store, keys: Keys, prev: Round, new: Round) -> tuple[str,
         r = new.nodes[g]
         if release_slot(st, keys, new, g, f"missing:{r.id}"):
             st.append(keys.round(new.number).lost, rounds.lost_line(g, r.info.host, r.id))
-        hosts.append(r.info.host)
+        hosts.append(rounds.node_label(r.info.host, g))
     return tuple(hosts)
 
 

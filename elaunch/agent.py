@@ -7,7 +7,9 @@ block until something happens (a worker exits, a signal, a membership change), r
 * every worker exited 0 -> SUCCEEDED: wait for the other nodes (exit barrier) and return;
 * a worker failed -> restart the group if restarts remain (stop, rendezvous, start),
   else stop the others, close the job for every node and return FAILED;
-* nodes wait to join or were lost -> restart to re-form the group; not counted as a failure;
+* nodes wait to join or were lost -> restart to re-form the group; not counted as a failure,
+  also when workers failed first with only a lost peer's connection error (the lost node is then
+  the root cause: see policy.py);
 * the job was closed by another node -> stop and return;
 * a shutdown signal -> forward it, wait `shutdown_timeout`, SIGKILL; a second one kills at once.
 
@@ -26,10 +28,19 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from elaunch import events as ev
 from elaunch.errors import RendezvousClosedError, RendezvousError, RendezvousRefusedError, WorkerStartError
-from elaunch.failures import cause_text, failure_summary, remote_failure
+from elaunch.failures import cause_text, failure_summary, node_lost_failure, remote_failure
 from elaunch.hangs import Supervision
-from elaunch.kinds import Kind, classify
-from elaunch.policy import Action, Decision, SignalPolicy, decide, reform_reason, stopped_by_agent, worker_exit_state
+from elaunch.kinds import ECHOES, Kind, classify
+from elaunch.policy import (
+    Action,
+    Decision,
+    SignalPolicy,
+    decide,
+    may_follow,
+    reform_reason,
+    stopped_by_agent,
+    worker_exit_state,
+)
 from elaunch.ranks import worker_plans
 from elaunch.rendezvous.api import Membership, NodeInfo, Rendezvous
 from elaunch.rendezvous.rounds import node_label
@@ -144,6 +155,9 @@ class Agent:
         self._spawned: float | None = None
         """When this attempt's workers were all started (monotonic), until its first progress is told."""
         self._health = health
+        self._lost_causes: tuple[WorkerFailure, ...] = ()
+        """Nodes found lost since this node's workers last started (kind node_lost): the root cause
+        of the run when it ends before they start again (e.g. the survivors cannot go on)."""
         rdzv.set_wakeup(procs.wake)
 
     # -- public ---------------------------------------------------------------------------
@@ -190,7 +204,7 @@ class Agent:
         if result.state != WorkerState.SUCCEEDED or self._health is not None:  # (a node that left unhealthy)
             remote, causes = self._remote_failures(result)
             if causes and result.state != WorkerState.SUCCEEDED:
-                result = replace(result, remote_causes=causes)
+                result = replace(result, remote_causes=(*result.remote_causes, *causes))
             cause = result.root_cause
             if cause is not None and not cause.restartable and result.interrupted_by is None:
                 result = replace(result, no_requeue_code=self._sup.no_requeue_code)  # the same code on every node
@@ -202,8 +216,7 @@ class Agent:
     def _invoke_run(self) -> RunResult:
         self._initialize_workers()
         while True:
-            running = self._procs.running() if self._watch is not None else []
-            woke = self._procs.wait(self._watch.timeout(running) if self._watch is not None else None)
+            woke = self._procs.wait(self._wait_timeout())
             self._record_exits(woke.exits)
             self._handle_signals(woke.signals)
             if self._spawned is not None and self._watch is not None and self._watch.first_progress is not None:
@@ -220,12 +233,31 @@ class Agent:
                 m,
                 self._restarts_left,
                 self._shutdown_signals,
+                lost_may_follow=may_follow(self._first_echo(), time.time(), self._rdzv.lost_within),
             )
             if d.action == Action.WAIT:
                 continue
             result = self._act(d)
             if result is not None:
                 return result
+
+    def _wait_timeout(self) -> float | None:
+        """How long the loop may block: until the hang watch's next check, and while a failure
+        made only of echoes waits for a lost node (`policy.may_follow`), until that wait ends."""
+        timeout = self._watch.timeout(self._procs.running()) if self._watch is not None else None
+        first, within = self._first_echo(), self._rdzv.lost_within
+        if first is not None and within is not None:
+            left = max(0.0, first + within - time.time())
+            timeout = left if timeout is None else min(timeout, left)
+        return timeout
+
+    def _first_echo(self) -> float | None:
+        """When this generation's first echo failure (a lost peer) happened (wall clock), or None;
+        None too when this node is alone in its group (no other node to lose)."""
+        if (self._group.group_world_size or 1) < 2:
+            return None
+        echoes = [f.timestamp for f in self._group.failures.values() if f.kind in ECHOES and not f.stopped_by_agent]
+        return min(echoes, default=None)
 
     def _act(self, d: Decision) -> RunResult | None:
         """Carry out a decision; a RunResult ends the run."""
@@ -273,7 +305,14 @@ class Agent:
             return self._result(WorkerState.FAILED, message=f"the job was closed: {m.reason or 'by another node'}")
         self._membership_restarts += 1  # Action.REFORM
         self._previous = None
-        self._publish_restart(reform_reason(m), membership=True)
+        reason = reform_reason(m)
+        if m.lost:  # the lost nodes are this attempt's root cause, the echoes of them consequences
+            felt = d.cause.timestamp if d.cause is not None else time.time()
+            self._lost_causes = tuple(node_lost_failure(x, felt, self.spec.role, self.restart_count) for x in m.lost)
+            if d.cause is not None:
+                self._downtime("detect", max(0.0, time.time() - felt))
+                reason += f"; {cause_text(d.cause)}, a consequence ({d.cause.kind.value})"
+        self._publish_restart(reason, membership=True)
         self._restart_workers()
         return None
 
@@ -359,6 +398,7 @@ class Agent:
 
     def _start_workers(self, plans: list[WorkerPlan]) -> None:
         self._stopping = False
+        self._lost_causes = ()
         self._oom_base = cgroup_oom_kills()
         t0 = self._clock()
         pids = self._procs.start(plans)
@@ -605,12 +645,7 @@ class Agent:
             mine = result.root_cause
             best = root_cause([*result.failures.values(), *causes])
             alone = (self._group.group_world_size or 1) <= 1  # no other node to hear from
-            settled = (
-                alone
-                or mine is None
-                or mine.kind != Kind.LOST_PEER
-                or (best is not None and best.kind != Kind.LOST_PEER)
-            )
+            settled = alone or mine is None or mine.kind not in ECHOES or (best is not None and best.kind not in ECHOES)
             if settled or result.interrupted_by is not None or self._clock() >= deadline:
                 return texts, causes
             woke = self._procs.wait(0.2)
@@ -665,6 +700,7 @@ class Agent:
             failures=self._group.failures,
             interrupted_by=interrupted_by,
             message=message,
+            remote_causes=self._lost_causes,
         )
 
     def _exit_barrier(self) -> None:

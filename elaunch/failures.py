@@ -16,17 +16,43 @@ def clock_text(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
+NODE_LOST_NOTE = "its heartbeat stopped: its agent or its machine is gone"
+
+
+def node_lost_failure(label: str, timestamp: float, role: str, restart: int) -> WorkerFailure:
+    """A lost node as a failure (kind `node_lost`), recorded by the nodes that survive it: `label`
+    is the node as reports name it (`host (group rank R)`), `timestamp` when its loss was first
+    felt (its peers' first connection error, wall-clock seconds). It has no rank (-1) and no pid (0)."""
+    return WorkerFailure(
+        local_rank=-1,
+        global_rank=-1,
+        role=role,
+        host=label,
+        pid=0,
+        exitcode=None,
+        signal=None,
+        timestamp=timestamp,
+        restart=restart,
+        kind=Kind.NODE_LOST,
+        note=NODE_LOST_NOTE,
+    )
+
+
 def how_it_ended(f: WorkerFailure) -> str:
-    """`exited with code 1` / `was killed by SIGKILL` / `hung`."""
+    """`exited with code 1` / `was killed by SIGKILL` / `hung` / `was lost`."""
     if f.kind == Kind.HANG:
         return "hung"
+    if f.kind == Kind.NODE_LOST:
+        return "was lost"
     if f.signal is not None:
         return f"was killed by {f.signal_name}"
     return f"exited with code {f.exitcode}"
 
 
 def cause_text(f: WorkerFailure) -> str:
-    """`rank 3 (pid 123) exited with code 1` / `... was killed by SIGKILL`."""
+    """`rank 3 (pid 123) exited with code 1` / `... was killed by SIGKILL` / `node h (group rank 1) was lost`."""
+    if f.kind == Kind.NODE_LOST:
+        return f"node {f.host} was lost"
     return f"rank {f.global_rank} (pid {f.pid}) {how_it_ended(f)}"
 
 
@@ -43,7 +69,7 @@ def kind_text(f: WorkerFailure) -> str:
 def failure_text(f: WorkerFailure) -> str:
     """A short text for other nodes' reports: host, rank, code or signal, and the traceback
     (head and tail kept within `SUMMARY_CHARS`: it goes through the rendezvous store)."""
-    head = f"{f.host}: {cause_text(f)}"
+    head = cause_text(f) if f.kind == Kind.NODE_LOST else f"{f.host}: {cause_text(f)}"
     body = f.traceback or "\n".join(f.last_lines[-5:])
     return clip_text(f"{head}\n{body}" if body else head, SUMMARY_CHARS)
 
@@ -94,7 +120,10 @@ def failure_detail(f: WorkerFailure, indent: str = "  ") -> list[str]:
     """The root-cause block of the report, one string per line (not indented as a whole):
     who and how, when, the error file's message, then the traceback or else the last lines."""
     how = how_it_ended(f) + (OOM_HINT if f.signal == 9 and f.kind != Kind.OOM else "")
-    lines = [f"root cause: rank {f.global_rank} (local rank {f.local_rank}) on {f.host}, pid {f.pid}, {how}"]
+    if f.kind == Kind.NODE_LOST:
+        lines = [f"root cause: node {f.host} was lost"]
+    else:
+        lines = [f"root cause: rank {f.global_rank} (local rank {f.local_rank}) on {f.host}, pid {f.pid}, {how}"]
     lines.append(f"{indent}at {clock_text(f.timestamp)}, restart {f.restart}")
     lines.append(f"{indent}kind: {kind_text(f)}")
     if f.note:

@@ -40,6 +40,9 @@ class Kind(str, enum.Enum):
     """No progress for `--hang-timeout` (or `--startup-timeout`), or an expired torch FileTimer."""
     STOPPED = "stopped"
     """Stopped by elaunch (a restart, a shutdown, another rank's failure): never a root cause."""
+    NODE_LOST = "node_lost"
+    """A node of the job was lost: its heartbeat stopped (its agent or its machine is gone). Not a
+    worker's end: the surviving nodes record it, and their ranks' lost peers are its consequences."""
 
 
 TIER: dict[Kind, int] = {
@@ -51,11 +54,17 @@ TIER: dict[Kind, int] = {
     Kind.SIGNAL: 0,
     Kind.EXIT: 0,
     Kind.HANG: 1,
+    Kind.NODE_LOST: 1,
     Kind.LOST_PEER: 2,
     Kind.STOPPED: 3,
 }
 """Root-cause precedence: the lowest tier wins, then the earliest, then the lowest rank. A hang
-comes before a lost peer: killing a hung rank makes its peers lose their connections."""
+comes before a lost peer: killing a hung rank makes its peers lose their connections; so does a
+lost node, whose ranks vanish with it."""
+
+ECHOES: frozenset[Kind] = frozenset({Kind.LOST_PEER})
+"""Kinds that are the echo of a failure elsewhere: while only these are known, a node waits (a
+bounded time) for the cause, a lost node or another node's failure, before it acts."""
 
 NOT_RESTARTABLE: frozenset[Kind] = frozenset({Kind.STARTUP, Kind.NO_RESTART})
 """Kinds that fail the same way on every retry, whatever the budget."""

@@ -6,6 +6,12 @@ what to do. The agent carries the decision out (elaunch/agent.py). Precedence, a
 a shutdown signal first; then SUCCEEDED; then a failure (restart while the budget lasts, else
 give up); then a job closed by another node; then nodes waiting or lost (re-form the group
 without using the failure budget); else keep waiting.
+
+One exception to that order (issue #11, "the true cause"): a failure that is only an echo (a
+worker's collective lost its peer, `kinds.ECHOES`) is not acted on while a lost node may still
+explain it (`lost_may_follow`): a lost node re-forms the group without using a restart and is the
+root cause, as it is when the heartbeat notices it before the workers do. torch counts a restart
+there, or fails a job without restarts, on whichever rank's connection error came first.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 
+from elaunch.kinds import ECHOES
 from elaunch.rendezvous.api import Membership
 from elaunch.spec import WorkerFailure, WorkerState, root_cause
 from elaunch.values import Value, value
@@ -41,7 +48,8 @@ class Action(str, enum.Enum):
 class Decision(Value):
     action: Action
     cause: WorkerFailure | None = None
-    """RESTART/FAIL: the root cause of this generation's failure (None for UNHEALTHY without one)."""
+    """RESTART/FAIL: the root cause of this generation's failure (None for UNHEALTHY without one);
+    REFORM: the echo failure a lost node explains (None when the heartbeat found the node first)."""
     signal: int | None = None
     """SHUTDOWN: the first shutdown signal caught."""
     membership: Membership | None = None
@@ -64,8 +72,14 @@ def decide(
     membership: Membership,
     restarts_left: int,
     shutdown_signals: Sequence[int] = (),
+    lost_may_follow: bool = False,
 ) -> Decision:
-    """What to do after a wake-up (see the module docstring for the precedence)."""
+    """What to do after a wake-up (see the module docstring for the precedence).
+
+    `lost_may_follow`: the rendezvous has not yet had the time it needs to find a lost node since
+    this generation's first echo failure (`may_follow`). While it holds, a failure made only of
+    echoes waits; a lost node found meanwhile re-forms the group (`REFORM`, with the echo as `cause`).
+    """
     if shutdown_signals:
         return Decision(Action.SHUTDOWN, signal=shutdown_signals[0])
     state = group_state(states)
@@ -73,6 +87,11 @@ def decide(
         return Decision(Action.SUCCEED)
     if state in (WorkerState.FAILED, WorkerState.UNHEALTHY):
         cause = root_cause(failures)
+        if cause is not None and cause.kind in ECHOES and not membership.closed and not membership.restart:
+            if membership.lost:
+                return Decision(Action.REFORM, cause=cause, membership=membership)
+            if lost_may_follow:
+                return Decision(Action.WAIT)
         return Decision(Action.RESTART if restarts_left > 0 else Action.FAIL, cause=cause)
     if membership.closed:
         return Decision(Action.CLOSED, membership=membership)
@@ -81,12 +100,25 @@ def decide(
     return Decision(Action.WAIT)
 
 
+def may_follow(first_echo: float | None, now: float, within: float | None) -> bool:
+    """Whether a lost node may still be found to explain an echo failure (`decide`'s
+    `lost_may_follow`): the generation's first echo happened at `first_echo` (wall-clock seconds,
+    None: no echo), and the rendezvous finds a lost node within `within` seconds of its loss
+    (None: it does not find lost nodes, e.g. a static or single-node rendezvous)."""
+    return first_echo is not None and within is not None and now < first_echo + within
+
+
 def reform_reason(m: Membership) -> str:
-    """`2 node(s) waiting to join` / `lost node(s): host3, host4` / `restart round: host2: ...`."""
-    if m.waiting:
-        return f"{m.waiting} node(s) waiting to join"
+    """`lost node(s): host3, host4` / `2 node(s) waiting to join` (both, `; `-joined, lost first:
+    the survivors of a lost node are often already waiting in the next round) / `restart round:
+    host2: ...`."""
+    parts = []
     if m.lost:
-        return f"lost node(s): {', '.join(m.lost)}"
+        parts.append(f"lost node(s): {', '.join(m.lost)}")
+    if m.waiting:
+        parts.append(f"{m.waiting} node(s) waiting to join")
+    if parts:
+        return "; ".join(parts)
     return f"restart round: {m.restart}" if m.restart else "membership changed"
 
 

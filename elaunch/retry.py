@@ -12,9 +12,9 @@ from elaunch.kinds import Kind
 from elaunch.spec import WorkerFailure
 
 Signature = tuple[object, ...]
-CONSEQUENCES = frozenset({Kind.LOST_PEER, Kind.HANG, Kind.STOPPED})
+CONSEQUENCES = frozenset({Kind.LOST_PEER, Kind.HANG, Kind.STOPPED, Kind.NODE_LOST})
 """Kinds whose repetition says nothing about their cause (a peer that died for its own reasons,
-a hang on a network that may come back): never refused for being the same twice."""
+a hang on a network that may come back, a node lost twice): never refused for being the same twice."""
 
 
 def signature(f: WorkerFailure) -> Signature:

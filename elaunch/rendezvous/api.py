@@ -178,6 +178,12 @@ class Rendezvous(Protocol):
         """The backend's store (torch's `WorkerGroup.store`), or None when there is none (`local`)."""
         ...
 
+    @property
+    def lost_within(self) -> float | None:
+        """Seconds after a node is lost by which every other node's `membership()` shows it, or
+        None when this backend never finds lost nodes (one node)."""
+        ...
+
     def next_rendezvous(self, me: NodeInfo) -> RendezvousInfo:
         """Join the next round and block until it is complete.
 

@@ -140,6 +140,12 @@ class DynamicRendezvous:
         return self._s
 
     @property
+    def lost_within(self) -> float:
+        """`rounds.lost_within`: a lost node's heartbeat goes stale, its watcher records it, the
+        others read the record; every step bounded by the heartbeat settings."""
+        return rounds.lost_within(self._s.heartbeat_timeout, self._s.beat_period)
+
+    @property
     def store(self) -> Store:
         """The rendezvous store (torch's `WorkerGroup.store`); its keys under the run id are ours."""
         return self._store

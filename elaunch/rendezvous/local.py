@@ -36,6 +36,11 @@ class LocalRendezvous:
         return None
 
     @property
+    def lost_within(self) -> None:
+        """One node: no other node to lose."""
+        return None
+
+    @property
     def min_nodes(self) -> int:
         return 1
 

@@ -84,6 +84,17 @@ def lost_line(rank: int, host: str, node_id: str) -> str:
     return json.dumps({"rank": rank, "host": host, "id": node_id}) + "\n"
 
 
+LOST_SLACK = 2.0
+"""Seconds allowed, beyond the heartbeat's own bounds, for store round trips and a busy machine."""
+
+
+def lost_within(heartbeat_timeout: float, beat_period: float) -> float:
+    """Seconds after a node's last heartbeat by which every node of the round knows it is lost:
+    the timeout (the counter stops moving), one beat for its watcher to read it and record it in
+    `R/lost`, one beat for every other node to read `R/lost`, and `LOST_SLACK`."""
+    return heartbeat_timeout + 2 * beat_period + LOST_SLACK
+
+
 def node_label(host: str, group_rank: int) -> str:
     """How a node is named in reports: `host (group rank R)`, so nodes on hosts of the same name
     (containers, fake hosts, several agents on one machine) are told apart."""

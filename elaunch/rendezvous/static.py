@@ -73,6 +73,10 @@ class StaticRendezvous:
         return self._dyn.store
 
     @property
+    def lost_within(self) -> float:
+        return self._dyn.lost_within
+
+    @property
     def node_rank(self) -> int:
         return self._rank
 

@@ -256,9 +256,11 @@ def test_late_node_is_admitted(make_job: Callable[..., Job]) -> None:
 @pytest.mark.torch
 @pytest.mark.timeout(240)
 def test_kill9_of_an_agent_survivors_go_on(make_job: Callable[..., Job]) -> None:
-    # Survivors' workers fail at once (gloo: connection reset by peer), as under torchrun: recovering
-    # from a lost node takes a restart from the budget, or a membership restart if the heartbeat wins.
-    job = make_job("2:3", max_restarts=3)
+    # Survivors' workers fail at once (gloo: connection reset by peer), as under torchrun; that is
+    # only an echo: each survivor waits (a bounded time) for the heartbeat to find the lost node,
+    # then re-forms the group without using a restart. With --max-restarts 0, torchrun's job ends
+    # here on whichever rank's connection error came first.
+    job = make_job("2:3", max_restarts=0)
     job.start(1, 2, 3)
     job.wait_training(3, (1, 2, 3), START)
     job.agents[2].kill()
@@ -272,6 +274,27 @@ def test_kill9_of_an_agent_survivors_go_on(make_job: Callable[..., Job]) -> None
     assert hosts_of(done) == ["host1", "host3"]
     assert {r["world"] for r in done} == {"2"}
     assert [r["host"] for r in done if r["rank"] == "0"] == ["host1"]
+    for i in (1, 3):
+        assert re.search(r"lost node\(s\): host2 \(group rank \d\)", job.err(i)), job.diagnostics()
+    job.assert_nothing_left()
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.timeout(240)
+def test_kill9_of_an_agent_the_lost_node_is_the_root_cause(make_job: Callable[..., Job]) -> None:
+    # A fixed size: the survivor cannot go on without host2. It waits for a replacement (the join
+    # timeout, short here), then fails; its report names the lost node, not its own rank's
+    # connection error, which is only the echo of it.
+    conf = CONF.replace("join_timeout=60", "join_timeout=6")
+    job = make_job("2", hosts=2, max_restarts=0, extra=["--rdzv-conf", conf])
+    job.start(1, 2)
+    job.wait_training(2, (1, 2), START)
+    job.agents[2].kill()
+    assert job.exit_code(1, RECOVER) != 0, job.diagnostics()
+    err = job.err(1)
+    assert re.search(r"root cause: node host2 \(group rank 1\) was lost", err), job.diagnostics()
+    assert "kind: node_lost, restartable" in err, job.diagnostics()
     job.assert_nothing_left()
 
 

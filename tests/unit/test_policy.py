@@ -6,11 +6,14 @@ import signal
 
 import pytest
 
+from elaunch.failures import cause_text, failure_detail, node_lost_failure
+from elaunch.kinds import Kind
 from elaunch.policy import (
     Action,
     SignalPolicy,
     decide,
     group_state,
+    may_follow,
     reform_reason,
     stopped_by_agent,
     worker_exit_state,
@@ -54,6 +57,57 @@ def test_a_history_of_wakeups() -> None:
     assert decide([S, S], [], quiet, 0).action == Action.SUCCEED
 
 
+def echo(rank: int, ts: float) -> WorkerFailure:
+    """A worker whose collective lost its peer (gloo: Connection reset by peer)."""
+    return WorkerFailure(rank, rank, "default", "h", 100 + rank, 1, None, ts, kind=Kind.LOST_PEER)
+
+
+@pytest.mark.timeout(10)
+def test_an_echo_waits_for_a_lost_node_that_may_explain_it() -> None:
+    quiet, lost = Membership(), Membership(lost=("host2 (group rank 1)",))
+    # While a lost node may still be found, a failure made only of echoes waits, whatever the budget.
+    assert decide([F, H], [echo(0, 1.0)], quiet, 3, lost_may_follow=True).action == Action.WAIT
+    assert decide([F, H], [echo(0, 1.0)], quiet, 0, lost_may_follow=True).action == Action.WAIT
+    # The lost node found: re-form (no restart used, even with none left), the echo named as such.
+    for left in (3, 0):
+        d = decide([F, H], [echo(0, 1.0)], lost, left, lost_may_follow=True)
+        assert d.action == Action.REFORM and d.cause == echo(0, 1.0) and d.membership == lost
+    # Found after the wait ended: still the explanation.
+    assert decide([F, F], [echo(0, 1.0), echo(1, 1.2)], lost, 0).action == Action.REFORM
+    # The wait over and nothing found: the echo is all there is.
+    assert decide([F, H], [echo(0, 1.0)], quiet, 3).action == Action.RESTART
+    assert decide([F, H], [echo(0, 1.0)], quiet, 0).action == Action.FAIL
+    # A real cause does not wait, lost node or not: it uses the budget as before.
+    assert decide([F, F], [echo(0, 1.0), failure(1, 1.1)], quiet, 3, lost_may_follow=True).action == Action.RESTART
+    assert decide([F, F], [echo(0, 1.0), failure(1, 1.1)], lost, 3).action == Action.RESTART
+    # Another node asked for a restart round (its failure is the cause) or closed the job: act now.
+    restart = Membership(restart="host3: rank 4 (pid 9) exited with code 1")
+    assert decide([F, H], [echo(0, 1.0)], restart, 3, lost_may_follow=True).action == Action.RESTART
+    closed = Membership(closed=True, reason="host3 failed")
+    assert decide([F, H], [echo(0, 1.0)], closed, 0, lost_may_follow=True).action == Action.FAIL
+
+
+@pytest.mark.timeout(10)
+def test_how_long_a_lost_node_may_follow() -> None:
+    assert may_follow(100.0, 100.0, 9.3) and may_follow(100.0, 109.2, 9.3)
+    assert not may_follow(100.0, 109.3, 9.3)
+    assert not may_follow(None, 100.0, 9.3)  # no echo
+    assert not may_follow(100.0, 100.0, None)  # a backend that finds no lost node
+
+
+@pytest.mark.timeout(10)
+def test_a_lost_node_as_a_root_cause() -> None:
+    lost = node_lost_failure("host2 (group rank 1)", 5.0, "default", 0)
+    # It outranks the echoes it explains even when they came first, and yields to a real cause.
+    assert root_cause([echo(0, 1.0), lost]) == lost
+    assert root_cause([echo(0, 1.0), lost, failure(3, 9.0)]) == failure(3, 9.0)
+    assert cause_text(lost) == "node host2 (group rank 1) was lost"
+    detail = failure_detail(lost)
+    assert detail[0] == "root cause: node host2 (group rank 1) was lost"
+    assert "  kind: node_lost, restartable" in detail
+    assert lost.shell_code == 1
+
+
 @pytest.mark.timeout(10)
 def test_precedence() -> None:
     waiting, closed = Membership(waiting=2), Membership(closed=True, reason="host2 failed")
@@ -71,6 +125,8 @@ def test_precedence() -> None:
 def test_reform_reason() -> None:
     assert reform_reason(Membership(waiting=2)) == "2 node(s) waiting to join"
     assert reform_reason(Membership(lost=("host3", "host4"))) == "lost node(s): host3, host4"
+    both = Membership(waiting=1, lost=("host2 (group rank 2)",))
+    assert reform_reason(both) == "lost node(s): host2 (group rank 2); 1 node(s) waiting to join"
 
 
 @pytest.mark.timeout(10)

@@ -88,6 +88,38 @@ def test_sigstopped_worker_is_hung_and_nothing_is_left(tmp_path: Path) -> None:
     # The stopped worker still went away (SIGCONT after the stop signal): the fixture checks.
 
 
+# Rank 1 goes into uninterruptible sleep (state D) for real: a vfork()ed parent waits, killable
+# only by a fatal signal, until its child (which never execs) ends. The child pauses; both are in
+# the worker's process group, so elaunch's stop reaches them.
+D_STATE = """
+import ctypes, os, time
+print("started", flush=True)
+if os.environ["RANK"] == "1":
+    libc = ctypes.CDLL(None)
+    if libc.vfork() == 0:
+        libc.pause()
+        libc._exit(0)
+while True:
+    print("tick", flush=True)
+    time.sleep(0.2)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_in_uninterruptible_sleep_is_hung_and_nothing_is_left(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "dstate.py", D_STATE)
+    summary = tmp_path / "summary.json"
+    r = run_elaunch(
+        ["--nproc-per-node", "2", "--hang-timeout", "2", "--summary-file", str(summary), str(script)], timeout=80
+    )
+    assert r.returncode == 1, r.stderr
+    assert "the process is in uninterruptible sleep (D)" in r.stderr, r.stderr
+    cause = json.loads(summary.read_text())["root_cause"]
+    assert cause["kind"] == "hang" and cause["global_rank"] == 1, cause
+    assert "uninterruptible sleep (D)" in cause["note"], cause
+    # The worker and its paused child went away with the group: the fixture checks.
+
+
 @pytest.mark.timeout(60)
 def test_a_worker_silent_for_less_than_the_timeout_is_not_hung(tmp_path: Path) -> None:
     script = write_script(

@@ -16,7 +16,7 @@ def clock_text(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
-NODE_LOST_NOTE = "its heartbeat stopped: its agent or its machine is gone"
+NODE_LOST_NOTE = "it is gone from the job: its heartbeat stopped (its agent or its machine died) or it left"
 
 
 def node_lost_failure(label: str, timestamp: float, role: str, restart: int) -> WorkerFailure:

@@ -4,10 +4,10 @@ torch's DynamicRendezvousHandler + C10dRendezvousBackend, in the same harness an
 
 Harness (identical for both): the parent hosts one TCPStore server on 127.0.0.1 (c10d's libuv
 server, as an agent or `elaunch rdzv-server` would). N agents run as threads, --per-proc of them
-(default 128) in each worker process; every worker is forked from one fork server that imported
-torch and both rendezvous implementations once, so starting 32 workers costs 32 forks rather than
-32 imports of torch (2 s of CPU each) and the workers share its pages. Each agent is the real
-thing, built as the agent builds it: its own TCPStore client connection (elaunch's
+(default 128, over at least 4 processes) in each worker process; every worker is forked from one
+fork server that imported torch and both rendezvous implementations once, so starting 32 workers
+costs 32 forks rather than 32 imports of torch (2 s of CPU each) and the workers share its pages.
+Each agent is the real thing, built as the agent builds it: its own TCPStore client connection (elaunch's
 `DynamicRendezvous` then clones its control and restart-watch connections, as on a real node),
 every connection made before the clock starts. Each agent's `next_rendezvous` runs on a thread
 of its own, which the protocol needs (its calls block on the store); elaunch's membership
@@ -58,6 +58,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = (8, 32, 64, 128, 256, 1024, 2048, 4096)
 QUICK_SIZES = (8, 32)
 PER_PROC = 128
+MIN_PROCS = 4
+"""Small rounds are spread over 4 processes too: torch's handler pickles its whole state per call, and
+128 of its agents in one process wait on one GIL (its 128-node round did not finish in 60 s)."""
 
 
 def _quiet_resolver() -> None:
@@ -241,7 +244,7 @@ def run_round(impl: str, n: int, per_proc: int, limit: float, conf: dict[str, fl
     dist = _dist()
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, multi_tenant=True)
     run_id = f"bench-{impl}-{n}-{os.getpid()}-{time.monotonic_ns()}"
-    procs = max(1, -(-n // per_proc))
+    procs = min(n, max(MIN_PROCS, -(-n // per_proc)))
     per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
     ctx = _context()
     children: list[tuple[Any, Connection]] = []
@@ -452,7 +455,20 @@ def main() -> None:
     torch_ok = not args.no_torch
     for n in sizes:
         load = _load()
-        runs = [run_round("elaunch", n, args.per_proc, args.limit, conf) for _ in range(args.repeats)]
+        runs = []
+        for _ in range(args.repeats):
+            run = run_round("elaunch", n, args.per_proc, args.limit, conf)
+            runs.append(run)
+            if run.seconds is None:
+                print(f"# N={n}: elaunch not done in {args.limit:g} s (load {_load()})", flush=True)
+                continue
+            q = ", ".join(f"{t:.2f}" for t in run.quantiles)
+            ops = ", ".join(f"{k} {v:.2f}" for k, v in run.ops.items())
+            print(
+                f"# N={n}: elaunch {run.seconds:.3f} s (load {_load()}): all joined {run.joined:.2f} s; "
+                f"returned at 10/50/90 %: {q} s; store operations per node: {ops}",
+                flush=True,
+            )
         times = [r.seconds for r in runs]
         done = [t for t in times if t is not None]
         ours = statistics.median(done) if len(done) == len(times) else None
@@ -474,13 +490,6 @@ def main() -> None:
             ratio = "-"
         rows.append((n, ours_s, theirs_s, ratio, f"{load}-{_load()}"))
         print(f"# N={n}: elaunch {[round(t, 3) if t else None for t in times]} torch {theirs_s}", flush=True)
-        for run in runs:
-            if run.seconds is not None:
-                q = ", ".join(f"{t:.2f}" for t in run.quantiles)
-                ops = ", ".join(f"{k} {v:.2f}" for k, v in run.ops.items())
-                print(
-                    f"#   all joined {run.joined:.2f} s; returned at 10/50/90 %: {q} s; store operations per node: {ops}"
-                )
     print()
     # ms per node: flat means the round grows linearly with N (all N agents share this machine's CPUs)
     print("| N | elaunch median (s) | ms per node | torch (s) | torch / elaunch | load average |")

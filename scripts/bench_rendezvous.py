@@ -2,13 +2,29 @@
 """Benchmark: N agents completing one rendezvous round, elaunch's DynamicRendezvous against
 torch's DynamicRendezvousHandler + C10dRendezvousBackend, in the same harness and run.
 
-Harness (identical for both): the parent hosts one TCPStore server on 127.0.0.1; N agents run as
-threads spread over --procs worker processes (default max(4, N/64): with hundreds of threads in
-one process the GIL, not the protocol, sets the pace), each agent with its own TCPStore client
-connection, all made before the clock starts. The clock runs from the parent's "go" to the last
-agent's return from `next_rendezvous` (CLOCK_MONOTONIC is shared by all processes).
-MIN = MAX = N, so neither implementation waits for a last call. torch gets --torch-limit seconds
-per N; once it misses one, larger N are skipped for it.
+Harness (identical for both): the parent hosts one TCPStore server on 127.0.0.1 (c10d's libuv
+server, as an agent or `elaunch rdzv-server` would). N agents run as threads, --per-proc of them
+(default 128, over at least 4 processes) in each worker process; every worker is forked from one
+fork server that imported torch and both rendezvous implementations once, so starting 32 workers
+costs 32 forks rather than 32 imports of torch (2 s of CPU each) and the workers share its pages.
+Each agent is the real thing, built as the agent builds it: its own TCPStore client connection (elaunch's
+`DynamicRendezvous` then clones its control and restart-watch connections, as on a real node),
+every connection made before the clock starts. Each agent's `next_rendezvous` runs on a thread
+of its own, which the protocol needs (its calls block on the store); elaunch's membership
+threads start, as on a real node, once that node's round is complete. The clock runs from the
+parent's "go" to the last agent's return from `next_rendezvous` (CLOCK_MONOTONIC is shared by all
+processes). MIN = MAX = N, so neither implementation waits for a last call. torch gets
+--torch-limit seconds per N; once it misses one, larger N are skipped for it.
+
+What it prints per run: when the last agent had joined (its `add` on the round's counter), when
+10/50/90 % of them had returned, and the store operations per node while the clock ran, counted
+by a wrapper around each elaunch agent's store (`join:` the agent's own calls, `after:` its
+membership threads' once its round was complete). A flat "ms per node" column means the round
+grows linearly with N. What it cannot show: N agents here share 2 cores with each other and with
+the store server, so every node's client work (a real node does it on its own CPU, in parallel)
+is added up in the time; at 4096 nodes that is ~16,000 threads (each connection of the adapter
+has a caller thread) and the server thread gets a small share of the CPU. Figures vary a lot
+with the machine's load: the load average is printed with each row.
 
     python scripts/bench_rendezvous.py            # N = 8 32 64 128 256 1024 2048 4096
     python scripts/bench_rendezvous.py --sizes 1024,2048,4096 --no-torch --repeats 1   # the large rounds
@@ -20,7 +36,9 @@ per N; once it misses one, larger N are skipped for it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import resource
 import signal
@@ -30,13 +48,19 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (8, 32, 64, 128, 256, 1024, 2048, 4096)
 QUICK_SIZES = (8, 32)
+PER_PROC = 128
+MIN_PROCS = 4
+"""Small rounds are spread over 4 processes too: torch's handler pickles its whole state per call, and
+128 of its agents in one process wait on one GIL (its 128-node round did not finish in 60 s)."""
 
 
 def _quiet_resolver() -> None:
@@ -62,8 +86,39 @@ def _dist() -> Any:
     return _import_torch_distributed()
 
 
+# -- counting store operations ------------------------------------------------------------------
+class Counted:
+    """A `Store` that counts the calls made on it (and on its clones) into `counts`, keyed by
+    whether the calling thread is the agent's own (`join`) or one of the membership threads
+    elaunch starts once a node's round is complete (`after`). A dict increment per call: the
+    protocol's operations per node, N by N, are printed next to the times."""
+
+    def __init__(self, inner: Any, counts: dict[str, int]) -> None:
+        self._inner = inner
+        self._counts = counts
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name in ("address", "port", "is_host") or not callable(attr):
+            return attr
+        counts = self._counts
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kind = "after" if threading.current_thread().name.startswith("elaunch") else "join"
+            key = f"{kind}:{name}"
+            counts[key] = counts.get(key, 0) + 1
+            out = attr(*args, **kwargs)
+            if key == "join:add" and args[1] == 1:  # a join (or a finaliser's beat: close enough)
+                counts["last_join_ns"] = max(counts.get("last_join_ns", 0), time.monotonic_ns())
+            return Counted(out, counts) if name == "clone" else out
+
+        return call
+
+
 # -- worker process ---------------------------------------------------------------------------
-def _make_agent(impl: str, port: int, run_id: str, n: int, index: int, conf: dict[str, float]) -> Any:
+def _make_agent(
+    impl: str, port: int, run_id: str, n: int, index: int, conf: dict[str, float], counts: dict[str, int]
+) -> Any:
     dist = _dist()
     client = dist.TCPStore("127.0.0.1", port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=300))
     if impl == "elaunch":
@@ -72,7 +127,8 @@ def _make_agent(impl: str, port: int, run_id: str, n: int, index: int, conf: dic
         from elaunch.rendezvous.store import TCPStoreAdapter
 
         settings = RendezvousSettings(**conf)  # type: ignore[arg-type]
-        return DynamicRendezvous(TCPStoreAdapter.wrap(client, 300.0), run_id, n, n, settings, f"agent{index}")
+        store = Counted(TCPStoreAdapter.wrap(client, 300.0), counts)
+        return DynamicRendezvous(store, run_id, n, n, settings, f"agent{index}")
     from torch.distributed.elastic.rendezvous import RendezvousParameters
     from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
@@ -98,32 +154,35 @@ def _join(impl: str, agent: Any, index: int) -> None:
         agent.next_rendezvous()
 
 
-def worker_main(args: argparse.Namespace) -> None:
-    """Build `count` agents, say ready, wait for go, run them, report the last finish time."""
+def worker_main(conn: Connection, impl: str, n: int, port: int, run_id: str, first: int, count: int, conf: str) -> None:
+    """One worker process (forked from the preloaded fork server): build `count` agents, say
+    ready, wait for go, run them (one thread each), send back when the last one returned and
+    the store operations they made."""
     _raise_fd_limit()
-    _dist()  # import once, before the threads
-    conf = json.loads(args.conf)
-    first, count = args.first, args.count
+    counts: dict[str, int] = {}
+    settings = json.loads(conf)
     try:
-        with ThreadPoolExecutor(min(64, count)) as ex:  # connect in parallel
+        with ThreadPoolExecutor(min(8, count)) as ex:  # connect in parallel
             agents = list(
                 ex.map(
-                    lambda i: _make_agent(args.impl, args.port, args.run_id, args.n, i, conf),
+                    lambda i: _make_agent(impl, port, run_id, n, i, settings, counts),
                     range(first, first + count),
                 )
             )
     except Exception as e:
-        print(f"setup failed: {type(e).__name__}: {e}", flush=True)
+        conn.send({"error": f"setup failed: {type(e).__name__}: {e}"})
         os._exit(1)
     ends: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     go = threading.Event()
+    setup = dict(counts)
+    counts.clear()
 
     def run(i: int) -> None:
         go.wait()
         try:
-            _join(args.impl, agents[i], first + i)
+            _join(impl, agents[i], first + i)
             t = time.monotonic()
             with lock:
                 ends.append(t)
@@ -134,56 +193,104 @@ def worker_main(args: argparse.Namespace) -> None:
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
     for t in threads:
         t.start()
-    print("ready", flush=True)
-    sys.stdin.readline()
+    conn.send({"ready": setup})
+    conn.recv()
     go.set()
     for t in threads:
         t.join()
-    print(json.dumps({"last": max(ends) if ends else None, "done": len(ends), "errors": errors[:3]}), flush=True)
-    os._exit(0)  # teardown is not measured: torch's shutdown alone takes minutes at large N
+    conn.send({"ends": ends, "done": len(ends), "errors": errors[:3], "counts": dict(counts)})
+    conn.recv()  # the parent says when: teardown is not measured (torch's alone takes minutes at large N)
+    os._exit(0)
 
 
 # -- parent -----------------------------------------------------------------------------------
-def run_round(impl: str, n: int, procs: int, limit: float, conf: dict[str, float]) -> float | None:
-    """Seconds for n agents to complete one round, or None if not done within `limit`."""
+@dataclass
+class Outcome:
+    """One round: seconds until the last agent returned (None: not within the limit), when 10 /
+    50 / 90 % of them had, and the store operations per node (`join:` the agent's calls, `after:`
+    its membership threads' once its round was complete) while the clock ran."""
+
+    seconds: float | None
+    joined: float = 0.0
+    """When the last agent had joined (its `add` on the round's counter returned)."""
+    quantiles: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    ops: dict[str, float] = field(default_factory=dict)
+
+
+_CTX: Any = None
+
+
+def _context() -> Any:
+    """The fork server every worker process is forked from: torch and the rendezvous modules are
+    imported once there (not once per worker: 2 s of CPU each), and the workers share its pages."""
+    global _CTX
+    if _CTX is None:
+        _CTX = multiprocessing.get_context("forkserver")
+        _CTX.set_forkserver_preload(
+            [
+                "torch.distributed",
+                "torch.distributed.elastic.rendezvous.dynamic_rendezvous",
+                "torch.distributed.elastic.rendezvous.c10d_rendezvous_backend",
+                "elaunch.rendezvous.dynamic",
+                "elaunch.rendezvous.store",
+                "__main__",
+            ]
+        )
+    return _CTX
+
+
+def run_round(impl: str, n: int, per_proc: int, limit: float, conf: dict[str, float]) -> Outcome:
+    """One round of n agents (MIN = MAX = n) against one TCPStore server in this process."""
     dist = _dist()
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, multi_tenant=True)
     run_id = f"bench-{impl}-{n}-{os.getpid()}-{time.monotonic_ns()}"
-    procs = max(1, min(procs, n))
+    procs = min(n, max(MIN_PROCS, -(-n // per_proc)))
     per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-    children: list[subprocess.Popen[str]] = []
+    ctx = _context()
+    children: list[tuple[Any, Connection]] = []
     first = 0
-    env = {**os.environ, "TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL", "FATAL")}
-    for count in per:
-        cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--n", str(n), "--port", str(server.port)]
-        cmd += ["--run-id", run_id, "--first", str(first), "--count", str(count), "--conf", json.dumps(conf)]
-        children.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env))
-        first += count
     try:
-        for c in children:
-            line = c.stdout.readline() if c.stdout else ""
-            if line.strip() != "ready":
-                raise RuntimeError(f"{impl} worker failed to start (got {line!r})")
+        for count in per:
+            mine, theirs = ctx.Pipe()
+            args = (theirs, impl, n, server.port, run_id, first, count, json.dumps(conf))
+            proc = ctx.Process(target=worker_main, args=args, daemon=True)
+            proc.start()
+            theirs.close()
+            children.append((proc, mine))
+            first += count
+        for _, c in children:
+            msg = c.recv() if c.poll(600.0) else {"error": "no answer within 600 s"}
+            if "error" in msg:
+                raise RuntimeError(f"{impl} worker failed to start: {msg['error']}")
         t0 = time.monotonic()
-        for c in children:
-            assert c.stdin is not None
-            c.stdin.write("go\n")
-            c.stdin.flush()
-        results = _collect(children, t0 + limit)
-        if results is None:
-            return None
+        for _, c in children:
+            c.send("go")
+        results: list[dict[str, Any]] = []
+        for _, c in children:
+            if not c.poll(max(0.0, t0 + limit - time.monotonic())):
+                return Outcome(None)
+            results.append(c.recv())
         errors = [e for r in results for e in r["errors"]]
         if errors:
             raise RuntimeError(f"{impl} N={n}: {errors[0]}")
-        return max(r["last"] for r in results) - t0
+        ends = sorted(t - t0 for r in results for t in r["ends"])
+        ops: dict[str, int] = {}
+        joined = 0.0
+        for r in results:
+            joined = max(joined, r["counts"].pop("last_join_ns", 0) / 1e9 - t0)
+            for k, v in r["counts"].items():
+                ops[k] = ops.get(k, 0) + v
+        q = (ends[len(ends) // 10], ends[len(ends) // 2], ends[9 * len(ends) // 10])
+        return Outcome(ends[-1], joined, q, {k: v / n for k, v in sorted(ops.items())})
     finally:
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGKILL)
-            c.wait()
-            for f in (c.stdin, c.stdout):
-                if f is not None:
-                    f.close()
+        for proc, c in children:
+            with contextlib.suppress(OSError):
+                c.send("bye")
+            proc.join(5.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            c.close()
         del server
 
 
@@ -305,21 +412,24 @@ def recovery_worker_main(args: argparse.Namespace) -> None:
     os._exit(0)
 
 
+def _load() -> str:
+    """The 1-minute load average, with each figure (the machine is shared)."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N = 8, 32 only")
     p.add_argument("--sizes", help="comma-separated N values")
     p.add_argument("--repeats", type=int, default=3, help="elaunch runs per N (median reported)")
     p.add_argument("--torch-limit", type=float, default=60.0, help="seconds torch gets per N")
-    p.add_argument(
-        "--procs", type=int, default=0, help="worker processes the agents are spread over (default: max(4, N/64))"
-    )
+    p.add_argument("--limit", type=float, default=300.0, help="seconds elaunch gets per run")
+    p.add_argument("--per-proc", type=int, default=PER_PROC, help=f"agents per worker process (default {PER_PROC})")
+    p.add_argument("--procs", type=int, default=4, help="worker processes of the recovery runs (default 4)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--recovery", action="store_true", help="also time node death -> survivors' next round")
-    # worker modes (internal)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # worker mode of the recovery runs (internal)
     p.add_argument("--recovery-worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--impl", default="elaunch", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--run-id", default="", help=argparse.SUPPRESS)
@@ -328,31 +438,44 @@ def main() -> None:
     p.add_argument("--conf", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
     _quiet_resolver()
-    if args.worker:
-        return worker_main(args)
     if args.recovery_worker:
         return recovery_worker_main(args)
 
     _raise_fd_limit()
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # c10d logs each timed-out wait
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else (QUICK_SIZES if args.quick else SIZES)
     conf = {"join_timeout": 600.0, "last_call_timeout": 30.0}
     print(
-        "# one rendezvous round, MIN=MAX=N, agents as threads over "
-        f"{args.procs or 'max(4, N/64)'} processes, one TCPStore on 127.0.0.1"
+        f"# one rendezvous round, MIN=MAX=N, agents as threads, {args.per_proc} a process (forked from one "
+        "preloaded fork server), one TCPStore on 127.0.0.1"
     )
     _dist()
     print(f"# python {sys.version.split()[0]}, torch {sys.modules['torch'].__version__}, {os.cpu_count()} CPUs")
     rows = []
     torch_ok = not args.no_torch
     for n in sizes:
-        procs = args.procs or max(4, -(-n // 64))  # <= 64 agents per process: less GIL, more protocol
-        times = [run_round("elaunch", n, procs, 600.0, conf) for _ in range(args.repeats)]
+        load = _load()
+        runs = []
+        for _ in range(args.repeats):
+            run = run_round("elaunch", n, args.per_proc, args.limit, conf)
+            runs.append(run)
+            if run.seconds is None:
+                print(f"# N={n}: elaunch not done in {args.limit:g} s (load {_load()})", flush=True)
+                continue
+            q = ", ".join(f"{t:.2f}" for t in run.quantiles)
+            ops = ", ".join(f"{k} {v:.2f}" for k, v in run.ops.items())
+            print(
+                f"# N={n}: elaunch {run.seconds:.3f} s (load {_load()}): all joined {run.joined:.2f} s; "
+                f"returned at 10/50/90 %: {q} s; store operations per node: {ops}",
+                flush=True,
+            )
+        times = [r.seconds for r in runs]
         done = [t for t in times if t is not None]
         ours = statistics.median(done) if len(done) == len(times) else None
         theirs: float | None = None
         theirs_s = "skipped"
         if torch_ok:
-            theirs = run_round("torch", n, procs, args.torch_limit, conf)
+            theirs = run_round("torch", n, args.per_proc, args.torch_limit, conf).seconds
             if theirs is None:
                 theirs_s = f"not done in {args.torch_limit:g} s"
                 torch_ok = False
@@ -365,15 +488,15 @@ def main() -> None:
             ratio = f">{args.torch_limit / ours:.0f}x"
         else:
             ratio = "-"
-        rows.append((n, ours_s, theirs_s, ratio))
+        rows.append((n, ours_s, theirs_s, ratio, f"{load}-{_load()}"))
         print(f"# N={n}: elaunch {[round(t, 3) if t else None for t in times]} torch {theirs_s}", flush=True)
     print()
     # ms per node: flat means the round grows linearly with N (all N agents share this machine's CPUs)
-    print("| N | elaunch median (s) | ms per node | torch (s) | torch / elaunch |")
-    print("|---:|---:|---:|---:|---:|")
-    for n, a, b, r in rows:
+    print("| N | elaunch median (s) | ms per node | torch (s) | torch / elaunch | load average |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, a, b, r, ld in rows:
         per = f"{1000 * float(a) / n:.2f}" if a != "not done" else "-"
-        print(f"| {n} | {a} | {per} | {b} | {r} |")
+        print(f"| {n} | {a} | {per} | {b} | {r} | {ld} |")
     if args.recovery:
         rconf = {"join_timeout": 120.0, "last_call_timeout": 1.0, "heartbeat_timeout": 2.0, "keep_alive_interval": 0.5}
         print()
@@ -383,7 +506,7 @@ def main() -> None:
         for n in (8, 64):
             if args.quick and n > 8:
                 break
-            print(f"| {n} | {run_recovery(n, rconf, args.procs or 4):.3f} |", flush=True)
+            print(f"| {n} | {run_recovery(n, rconf, args.procs):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

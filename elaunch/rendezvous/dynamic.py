@@ -106,8 +106,9 @@ class DynamicRendezvous:
         self._standing_by = False
 
         store.compare_set(self._k.open_round, "", "0")
-        # Made now, not when first needed: a connection made mid-round costs the server an
-        # accept (and c10d a reverse DNS lookup) while every node is waiting on it.
+        # Made now, not when first needed (this one and the restart watch's): a connection made
+        # mid-round costs the server an accept (and c10d a reverse DNS lookup) while every node
+        # is waiting on it.
         ctl = store.clone()
         ctl.set_timeout(min(self._s.read_timeout, self._s.heartbeat_timeout))
         self._ctl = ControlConnection(ctl, store.address)
@@ -115,7 +116,13 @@ class DynamicRendezvous:
             self._ctl, self._k, self._id, self._s, self._state, store.address, name=f"elaunch-rdzv-{run_id}"
         )
         self._restarts = RestartWatch(
-            self._restart_connection, self._k, self._id, self._state, self._slice, f"elaunch-rdzv-restart-{run_id}"
+            self._restart_connection,
+            self._k,
+            self._id,
+            self._state,
+            self._slice,
+            f"elaunch-rdzv-restart-{run_id}",
+            conn=self._restart_connection(),
         )
 
     # -- Rendezvous protocol ---------------------------------------------------------------

@@ -141,9 +141,11 @@ class RestartWatch(MembershipThread):
     as it is a restart round (`MembershipState.set_restart`): what makes a restart reach every
     node within a store round trip instead of a beat period.
 
-    Its own connection (`connect()`, made when the thread starts, after the first round: no
-    accept while nodes wait on a round), because a blocking `wait` would delay the heartbeats'
-    calls. Store errors are left to the heartbeat thread to judge: this one retries each period.
+    Its own connection, because a blocking `wait` would delay the heartbeats' calls: `conn`, made
+    with the node's others when the rendezvous is built (a connection made once this node's round
+    is complete is one more accept for the server while the other nodes still read the round:
+    4096 of them at once made a round ten times slower); `connect()` makes a new one after a
+    failure. Store errors are left to the heartbeat thread to judge: this one retries each period.
     """
 
     def __init__(
@@ -154,20 +156,22 @@ class RestartWatch(MembershipThread):
         state: MembershipState,
         period: float,
         name: str,
+        conn: Store | None = None,
     ) -> None:
         self._connect = connect
         self._k = keys
         self._id = node_id
         self._state = state
         self._period = period
-        self._conn: Store | None = None
+        self._conn: Store | None = conn
         super().__init__(name)
 
     def stop(self, timeout: float) -> bool:
         """End the thread (it is in a wait of at most one period) and close its connection."""
         ended = super().stop(timeout)
-        if ended and self._thread is not None and self._conn is not None:
+        if ended and self._conn is not None:
             self._conn.close()
+            self._conn = None
         return ended
 
     def _drop(self) -> None:

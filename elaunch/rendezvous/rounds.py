@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import threading
 import zlib
 from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
@@ -154,11 +155,21 @@ class Group(tuple[NodeRecord, ...]):
 
 
 @functools.lru_cache(maxsize=8)
+def _decode_group(raw: bytes) -> Group:
+    return Group(NodeRecord.decode(row) for row in final_doc(raw)["nodes"])
+
+
+_decoding = threading.Lock()
+
+
 def decode_group(raw: bytes) -> Group:
     """A round's published group (`R/final`). Pure, hence memoised: agents that share a process
     (tests, the benchmark's threads) decode a round once instead of once each; a real node
-    decodes its own (about 10 ms for 4096 nodes)."""
-    return Group(NodeRecord.decode(row) for row in final_doc(raw)["nodes"])
+    decodes its own (about 10 ms for 4096 nodes). One decode at a time, so that the memo holds
+    for threads woken together by the same `final`: `lru_cache` alone lets every thread that
+    misses decode too (64 agent threads of a process did, each one 10 ms of the GIL)."""
+    with _decoding:
+        return _decode_group(raw)
 
 
 # -- which round, and joining it ---------------------------------------------------------------

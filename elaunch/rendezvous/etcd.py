@@ -23,6 +23,9 @@ from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.retry import Retry, retry_until
 from elaunch.rendezvous.store import Value
 
+_TXN_OPS = 128
+"""Operations in one etcd transaction at most (etcd's default `--max-txn-ops`)."""
+
 _KNOWN_MAX = 4096
 """Bound on the per-connection cache of (value, mod_revision) guesses used by `_update`."""
 
@@ -157,19 +160,24 @@ class EtcdStore:
         return _b64(self._prefix + key.encode())
 
     def _read(self, op: str, keys: Sequence[str]) -> tuple[list[bytes | None], int]:
-        """The keys' values (None: absent) at one revision, and that revision (one request)."""
-        ks = [self._key(k) for k in keys]
-        if len(ks) == 1:
-            out = self._post(op, "/kv/range", {"key": ks[0]})
-            ranges = [out]
-        else:
-            out = self._post(op, "/kv/txn", {"success": [{"request_range": {"key": k}} for k in ks]})
-            ranges = [r.get("response_range", {}) for r in out.get("responses", [])]
+        """The keys' values (None: absent) and the revision they were read at: one request, or one
+        per `_TXN_OPS` keys (etcd refuses larger transactions); then the first request's revision,
+        so that a watch from it misses nothing set after any of the reads."""
         values: list[bytes | None] = []
-        for r in ranges:
-            kvs = r.get("kvs") or []
-            values.append(_unb64(kvs[0].get("value")) if kvs else None)
-        return values, int(out.get("header", {}).get("revision", 0))
+        first = 0
+        for i in range(0, max(1, len(keys)), _TXN_OPS):
+            ks = [self._key(k) for k in keys[i : i + _TXN_OPS]]
+            if len(ks) == 1:
+                out = self._post(op, "/kv/range", {"key": ks[0]})
+                ranges = [out]
+            else:
+                out = self._post(op, "/kv/txn", {"success": [{"request_range": {"key": k}} for k in ks]})
+                ranges = [r.get("response_range", {}) for r in out.get("responses", [])]
+            for r in ranges:
+                kvs = r.get("kvs") or []
+                values.append(_unb64(kvs[0].get("value")) if kvs else None)
+            first = first or int(out.get("header", {}).get("revision", 0))
+        return values, first
 
     def _remember(self, k: str, value: bytes | None, mod: int) -> None:
         with self._lock:

@@ -87,6 +87,27 @@ def test_waits_make_no_threads(store: EtcdStore) -> None:
 
 @pytest.mark.etcd
 @pytest.mark.timeout(30)
+def test_reads_of_more_keys_than_one_etcd_transaction_allows(store: EtcdStore) -> None:
+    # etcd refuses a transaction of more than 128 operations (--max-txn-ops): a 200-node group's
+    # keys are read in several requests.
+    keys = [f"/many/{i}" for i in range(200)]
+    assert not store.check(keys)
+    for k in keys[:-1]:
+        store.set(k, k)
+    assert not store.check(keys)
+    other = store.clone()
+    setter = threading.Timer(0.05, other.set, args=(keys[-1], keys[-1]))
+    try:
+        setter.start()
+        assert store.multi_get(keys, timeout=5) == [k.encode() for k in keys]  # the last one waited for
+    finally:
+        setter.join()
+        other.close()
+    assert store.check(keys)
+
+
+@pytest.mark.etcd
+@pytest.mark.timeout(30)
 def test_a_stopped_server_fails_every_call_fast_naming_the_endpoint(etcd_server: Any, store: EtcdStore) -> None:
     where = f"127.0.0.1:{etcd_server.port}"
     waiter = Call(lambda: store.wait(["/never"], 20))

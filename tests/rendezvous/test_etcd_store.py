@@ -236,10 +236,13 @@ def test_every_key_of_a_job_carries_its_lease_and_a_finished_job_leaves_none(etc
         for c in calls:
             c.result(30)
         keys = _job_keys(etcd_server.port, "leased")
-        leases = {int(meta.get("lease", 0)) for _, meta in keys}
-        assert len(keys) > 5 and len(leases) == 1 and 0 not in leases, keys  # one lease, on every key
+        alive = {m["key"].rsplit(b"/", 1)[1]: int(m.get("lease", 0)) for _, m in keys if b"/alive/" in m["key"]}
+        leases = {int(meta.get("lease", 0)) for _, meta in keys if b"/alive/" not in meta["key"]}
+        assert len(keys) > 5 and len(leases) == 1 and 0 not in leases, keys  # one lease, on every key...
         (lease,) = leases
         assert [v for v, m in keys if m["key"].endswith(b"/lease")] == [str(lease).encode()]
+        # ... but each node's alive key, which is on the node's own lease
+        assert set(alive) == {b"n0", b"n1"} and len({*alive.values(), lease, 0}) == 4, alive
         for c in [Call(lambda r=r: r.exit_barrier(10)) for r in rs]:
             c.result(30)
     finally:

@@ -33,6 +33,7 @@ class Agent:
         nnodes: str = "2:3",
         run_id: str = "job",
         backend: str = "c10d",
+        standby: int = 0,
     ) -> None:
         self.name = name
         env = {
@@ -43,7 +44,7 @@ class Agent:
             "RES_OPTIONS": "timeout:1 attempts:1",
         }
         cmd = [sys.executable, str(AGENT), "--name", name, "--port", str(port), "--nnodes", nnodes]
-        cmd += ["--conf", json.dumps(conf), "--run-id", run_id, "--backend", backend]
+        cmd += ["--conf", json.dumps(conf), "--run-id", run_id, "--backend", backend, "--standby", str(standby)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.events: queue.Queue[Event] = queue.Queue()
         self.seen: list[Event] = []
@@ -77,6 +78,14 @@ class Agent:
                 raise AssertionError(f"{self.name} exited (rc {self.proc.poll()}) before {what}; saw {self.seen}")
             if pred(ev):
                 return ev
+
+    def drain(self) -> list[Event]:
+        """Every event seen so far, those still queued included (without blocking)."""
+        while True:
+            try:
+                self.seen.append(self.events.get_nowait())
+            except queue.Empty:
+                return self.seen
 
     def round(self, timeout: float = 20) -> Event:
         return self.expect(lambda e: e["event"] in ("round", "error"), timeout, "round")

@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--nnodes", default="2:3")
     p.add_argument("--conf", default="{}")
     p.add_argument("--backend", default="c10d", help="c10d (the endpoint's port 0: host it) or etcd")
+    p.add_argument("--standby", type=int, default=0)
     a = p.parse_args()
     lo, _, hi = a.nnodes.partition(":")
     try:
@@ -44,6 +45,7 @@ def main() -> None:
             max_nodes=int(hi or lo),
             endpoint=Endpoint("127.0.0.1", a.port),
             settings=RendezvousSettings(**conf),
+            standby=a.standby,
         )
         rdzv = create_rendezvous(cfg, node_id=a.name)
     except ElaunchError as e:

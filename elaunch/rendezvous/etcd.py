@@ -249,10 +249,18 @@ class EtcdStore:
             raise self._fail("grant_lease", f"unexpected answer {out!r:.100}") from None
 
     def keep_alive(self, lease: int) -> int:
-        """Renew `lease`: its new TTL in seconds, or -1 when it already expired (its keys are gone)."""
+        """Renew `lease`: its new TTL in seconds, or -1 when it already expired or was revoked (its
+        keys are gone). `StoreError` when etcd does not answer, or answers with an error (the
+        gateway's stream then holds `error` rather than `result`: that says nothing of the lease)."""
         out = self._post("keep_alive", "/lease/keepalive", {"ID": str(lease)})
-        result = out.get("result", out)
-        return int(result.get("TTL", -1)) if isinstance(result, dict) else -1
+        result = out.get("result")
+        if not isinstance(result, dict):
+            error = out.get("error")
+            why = error.get("message", error) if isinstance(error, dict) else out
+            raise self._fail("keep_alive", f"{why!s:.200}")
+        # etcd answers an unknown (expired, revoked) lease with TTL 0, which JSON leaves out
+        ttl = int(result.get("TTL", 0))
+        return ttl if ttl > 0 else -1
 
     def revoke_lease(self, lease: int) -> None:
         """End `lease` now: etcd deletes every key attached to it."""

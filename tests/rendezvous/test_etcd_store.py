@@ -152,6 +152,27 @@ def test_a_hung_server_bounds_every_call(etcd_server: Any, store: EtcdStore) -> 
 
 
 @pytest.mark.timeout(30)
+def test_a_keep_alive_answered_with_an_error_is_no_expiry() -> None:
+    # The gateway streams {"error": ...} when etcd cannot serve the renewal (overloaded, no leader):
+    # that says nothing about the lease, and must not be read as "expired" (its node would
+    # report itself lost).
+    st = EtcdStore("127.0.0.1", 1, timeout=1)
+    answers = {  # by lease id
+        "1": {"error": {"grpc_code": 14, "message": "etcdserver: request timed out"}},
+        "2": {"result": {"header": {"revision": "7"}, "ID": "2"}},  # unknown: TTL 0, left out
+        "3": {"result": {"header": {"revision": "7"}, "ID": "3", "TTL": "5"}},
+    }
+    try:
+        st._post = lambda op, path, payload: answers[payload["ID"]]  # type: ignore[method-assign]
+        with pytest.raises(StoreError, match="keep_alive failed: etcdserver: request timed out"):
+            st.keep_alive(1)
+        assert st.keep_alive(2) == -1  # expired or revoked
+        assert st.keep_alive(3) == 5
+    finally:
+        st.close()
+
+
+@pytest.mark.timeout(30)
 def test_unreachable_etcd_fails_within_the_timeout_naming_host_and_port() -> None:
     port = free_port()
     t0 = time.monotonic()

@@ -5,7 +5,9 @@ node whose lease is revoked under it is reported lost, re-granted and rejoins. A
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -217,6 +219,45 @@ def test_a_node_whose_lease_is_revoked_under_it_is_lost_and_rejoins(etcd_server:
     got = form_round(nodes)  # the group re-forms with it
     assert [g.round for g in got] == [1, 1] and {g.group_world_size for g in got} == {2}
     assert all(not r.membership().lost for r in nodes)
+
+
+@pytest.mark.etcd
+@pytest.mark.timeout(120)
+def test_a_node_frozen_past_its_lease_reports_itself_lost_when_it_wakes_and_rejoins(etcd_server: Any) -> None:
+    # The node is alive but etcd heard nothing from it for the lease's TTL (SIGSTOP: as a node
+    # starved, or cut from etcd, for that long): on waking it must not run on in a group that may
+    # have re-formed without it.
+    port = etcd_server.port
+    agents = [Agent(f"node{c}", port, CONF, nnodes="2:2", run_id="frozen", backend="etcd") for c in "AB"]
+    try:
+        for x in agents:
+            ready = x.expect(lambda e: e["event"] in ("ready", "error"), 60, "ready")
+            assert ready["event"] == "ready", ready
+            x.send("join")
+        r0 = {x.name: x.round() for x in agents}
+        assert all(r["event"] == "round" for r in r0.values()), r0
+        b = agents[1]
+        alive = Keys("frozen").alive("nodeB")
+        first = key_lease(port, alive)
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: key_lease(port, alive) is None, TTL + 10, "etcd to expire nodeB's lease")
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        told = b.expect(lambda e: e["event"] == "notice", 2 * HB, "nodeB to find its lease expired")
+        assert "etcd lease expired" in told["text"] and "reports itself lost in round 0" in told["text"], told
+        label = f"nodeB (group rank {r0['nodeB']['rank']})"
+        for x in agents:  # whoever saw it first: nodeA's watch, or nodeB itself
+            assert x.expect(lost_of, 2 * HB, "nodeB lost")["lost"] == [label]
+        assert key_lease(port, alive) not in (None, first)  # a new lease, and its alive key on it
+        for x in agents:
+            x.send("join")
+        r1 = {x.name: x.round(30) for x in agents}
+        assert all(r["event"] == "round" and r["round"] == 1 and len(r["hosts"]) == 2 for r in r1.values()), r1
+    finally:
+        for x in agents:
+            x.close()
+    assert all(x.proc.poll() is not None for x in agents)
 
 
 @pytest.mark.etcd

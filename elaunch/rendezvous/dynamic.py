@@ -36,7 +36,15 @@ from elaunch.rendezvous.ports import free_port
 from elaunch.rendezvous.restarts import RestartWatch, join_restart, publish_restart, report_missing
 from elaunch.rendezvous.rounds import LastCall, NodeRecord, Placement, Round, order_nodes
 from elaunch.rendezvous.store import Store
-from elaunch.rendezvous.watcher import STORE_LOST, Beat, ControlConnection, MembershipState, Watcher, release_slot
+from elaunch.rendezvous.watcher import (
+    STORE_LOST,
+    ControlConnection,
+    CounterLiveness,
+    Liveness,
+    MembershipState,
+    Watcher,
+    release_slot,
+)
 from elaunch.tails import clip_text
 from elaunch.values import replace
 
@@ -58,7 +66,9 @@ class DynamicRendezvous:
 
     `store` is this node's connection; the membership thread and the control calls
     (`set_closed`, `publish_failure`, `failures`) use one `store.clone()`, because a c10d
-    client blocked in `wait` would delay every other call on it. With `owns_store` the
+    client blocked in `wait` would delay every other call on it. `liveness` is how nodes beat
+    and are found lost (default: heartbeat counters, `watcher.CounterLiveness`; etcd passes
+    `lease.LeaseLiveness`). With `owns_store` the
     connections are closed by `shutdown`; if the store object hosts the server
     (`store.is_host`), `shutdown` first waits up to close_timeout for the other nodes to leave.
     Arguments are taken as validated (`elaunch.config`): a non-empty `run_id` and
@@ -78,6 +88,7 @@ class DynamicRendezvous:
         strict_node_ranks: bool = False,
         owns_store: bool = True,
         standby: int = 0,
+        liveness: Liveness | None = None,
     ) -> None:
         if not run_id or not 0 < min_nodes <= max_nodes:
             raise ValueError(
@@ -96,13 +107,13 @@ class DynamicRendezvous:
         self._keep_ranks = standby > 0 and not strict_node_ranks
         self._k = Keys(run_id)
         self._slice = self._s.beat_period
+        self._live: Liveness = liveness or CounterLiveness(self._k, self._id, self._s)
 
         self._main_lock = threading.Lock()  # next_rendezvous / exit_barrier: the blocking calls
         self._state = MembershipState()
         self._stop = threading.Event()
         self._passed_barrier = False
         self._shut = False
-        self._notice: Callable[[str], None] | None = None
         self._standing_by = False
 
         store.compare_set(self._k.open_round, "", "0")
@@ -113,7 +124,14 @@ class DynamicRendezvous:
         ctl.set_timeout(min(self._s.read_timeout, self._s.heartbeat_timeout))
         self._ctl = ControlConnection(ctl, store.address)
         self._watcher = Watcher(
-            self._ctl, self._k, self._id, self._s, self._state, store.address, name=f"elaunch-rdzv-{run_id}"
+            self._ctl,
+            self._k,
+            self._id,
+            self._s,
+            self._state,
+            store.address,
+            name=f"elaunch-rdzv-{run_id}",
+            liveness=self._live,
         )
         self._restarts = RestartWatch(
             self._restart_connection,
@@ -124,6 +142,8 @@ class DynamicRendezvous:
             f"elaunch-rdzv-restart-{run_id}",
             conn=self._restart_connection(),
         )
+        if self._live.early:  # a lease is kept alive while the node joins, not only once it runs
+            self._watcher.start()
 
     # -- Rendezvous protocol ---------------------------------------------------------------
     @property
@@ -255,8 +275,9 @@ class DynamicRendezvous:
 
     def set_notice(self, notice: Callable[[str], None]) -> None:
         """`notice(text)` is called (from the thread that runs `next_rendezvous`) with a line for the
-        user when this node starts to stand by for a full running round."""
-        self._notice = notice
+        user when this node starts to stand by for a full running round, and (from the membership
+        thread) when its liveness lapsed (`rounds.lapse_notice`)."""
+        self._state.set_notice(notice)
 
     def set_closed(self, reason: str) -> None:
         """Close the job for every node; the first reason written wins everywhere.
@@ -351,17 +372,16 @@ class DynamicRendezvous:
         rv = self._state.round
         if rv is None or not getattr(self._store, "is_host", False):
             return
-        k, rk = self._k, self._k.round(rv.number)
-        beats = {g: Beat(self._s.heartbeat_timeout, self._slice) for g in range(rv.size) if g != rv.rank}
+        rk = self._k.round(rv.number)
+        beats = {g: self._live.watch() for g in range(rv.size) if g != rv.rank}
         with self._main_lock:
             st = self._store
             try:
                 while not st.wait([rk.exit_done], self._slice):
                     self._check(st)
-                    now = time.monotonic()
                     for g in [g for g in beats if st.check([rk.fin(g)])]:
                         del beats[g]  # finished
-                    for g in [g for g, b in beats.items() if b.stale(st.add(k.hb(rv.nodes[g].id), 0), now)]:
+                    for g in [g for g, b in beats.items() if b.lost(st, rv.nodes[g].id)]:
                         del beats[g]  # gone without finishing: nothing to serve it
                     if not beats:
                         return
@@ -435,7 +455,7 @@ class DynamicRendezvous:
         k = self._k
         rk = k.round(rnd)
         fin_id: str | None = None
-        beat = Beat(self._s.heartbeat_timeout, self._slice)
+        look = self._live.watch()
         unclaimed_since: float | None = None
         while True:
             left = deadline - time.monotonic()
@@ -457,33 +477,23 @@ class DynamicRendezvous:
                         if fin_id == self._id:
                             return self._finalise(st, rnd, deadline)
                 continue
-            if beat.stale(st.add(k.hb(fin_id), 0), time.monotonic()):
+            if look.lost(st, fin_id):
                 dead = fin_id
                 fin_id = self._take_over(st, rnd, dead)
-                beat = Beat(self._s.heartbeat_timeout, self._slice)
+                look = self._live.watch()
                 if fin_id == self._id:
                     st.append(k.gone, dead + "\n")
                     return self._finalise(st, rnd, deadline)
 
     def _all_beating(self, st: Store, rnd: int, group: Sequence[NodeRecord]) -> bool:
-        """True when every node of the running round `rnd` beats (its heartbeat counter moves)
-        within heartbeat_timeout and the round is not ending (`released` absent): the job is
-        alive and whole. False as soon as the round ends, or when a node stopped beating."""
-        keys = [self._k.hb(r.id) for r in group]
-        first = [st.add(k, 0) for k in keys]
-        pending = set(range(len(keys)))
-        deadline = time.monotonic() + self._s.heartbeat_timeout
-        released = self._k.round(rnd).released
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0 or st.wait([released], min(self._slice, left) / 4):
-                return False
-            pending = {i for i in pending if st.add(keys[i], 0) == first[i]}
-        return True
+        """True when every node of the running round `rnd` is alive (`Liveness.all_alive`: counters
+        move within heartbeat_timeout; etcd: every alive key is there) and the round is not ending
+        (`released` absent): the job is alive and whole. False as soon as the round ends, or when
+        a node stopped beating."""
+        return self._live.all_alive(st, [r.id for r in group], self._k.round(rnd).released)
 
     def _standby(self, st: Store, rnd: int, group: Sequence[NodeRecord], host: str) -> None:
-        if self._notice is not None:
-            self._notice(rounds.standby_notice(self._run_id, group))
+        self._state.tell(rounds.standby_notice(self._run_id, group))
         self._standing_by = True  # not in the job: stopping now must not close it (`leave`)
         try:
             self._stand_by(st, rnd, group, host)
@@ -496,16 +506,15 @@ class DynamicRendezvous:
         round's rank 0 stops beating and nobody releases it, the job is presumed dead and we
         go on to join (and time out there with a clear message) rather than wait forever."""
         released = self._k.round(rnd).released
-        beat = Beat(self._s.heartbeat_timeout, self._slice)
+        look = self._live.watch()
         spares.announce(st, self._k, self._id, host, standing_by=True)
         if self._state.set_spare(True):
             self._state.notify()
         try:
             while not st.wait([released], self._slice):
                 self._check(st)
-                st.add(self._k.hb(self._id), 1)  # a spare beats too: the running nodes may count on it
-                stale = beat.stale(st.add(self._k.hb(group[0].id), 0), time.monotonic())
-                if stale and not st.check([released]):
+                self._live.joining_beat(st)  # a spare beats too: the running nodes may count on it
+                if look.lost(st, group[0].id) and not st.check([released]):
                     return
         finally:
             with contextlib.suppress(StoreError):
@@ -520,13 +529,12 @@ class DynamicRendezvous:
         joiners, then up to last_call_timeout for MAX; publish the ordered group."""
         k = self._k
         rk = k.round(rnd)
-        me_hb = k.hb(self._id)
-        st.add(me_hb, 1)
+        self._live.joining_beat(st)
 
         def alive() -> None:
             """Between bounded waits: closed? still the finaliser? (and beat for the joiners)"""
             self._check(st)
-            st.add(me_hb, 1)
+            self._live.joining_beat(st)
             if st.get(rk.finaliser).decode() != self._id:
                 raise _Superseded
 

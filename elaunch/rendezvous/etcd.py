@@ -23,6 +23,9 @@ from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.retry import Retry, retry_until
 from elaunch.rendezvous.store import Value
 
+_TXN_OPS = 128
+"""Operations in one etcd transaction at most (etcd's default `--max-txn-ops`)."""
+
 _KNOWN_MAX = 4096
 """Bound on the per-connection cache of (value, mod_revision) guesses used by `_update`."""
 
@@ -157,19 +160,24 @@ class EtcdStore:
         return _b64(self._prefix + key.encode())
 
     def _read(self, op: str, keys: Sequence[str]) -> tuple[list[bytes | None], int]:
-        """The keys' values (None: absent) at one revision, and that revision (one request)."""
-        ks = [self._key(k) for k in keys]
-        if len(ks) == 1:
-            out = self._post(op, "/kv/range", {"key": ks[0]})
-            ranges = [out]
-        else:
-            out = self._post(op, "/kv/txn", {"success": [{"request_range": {"key": k}} for k in ks]})
-            ranges = [r.get("response_range", {}) for r in out.get("responses", [])]
+        """The keys' values (None: absent) and the revision they were read at: one request, or one
+        per `_TXN_OPS` keys (etcd refuses larger transactions); then the first request's revision,
+        so that a watch from it misses nothing set after any of the reads."""
         values: list[bytes | None] = []
-        for r in ranges:
-            kvs = r.get("kvs") or []
-            values.append(_unb64(kvs[0].get("value")) if kvs else None)
-        return values, int(out.get("header", {}).get("revision", 0))
+        first = 0
+        for i in range(0, max(1, len(keys)), _TXN_OPS):
+            ks = [self._key(k) for k in keys[i : i + _TXN_OPS]]
+            if len(ks) == 1:
+                out = self._post(op, "/kv/range", {"key": ks[0]})
+                ranges = [out]
+            else:
+                out = self._post(op, "/kv/txn", {"success": [{"request_range": {"key": k}} for k in ks]})
+                ranges = [r.get("response_range", {}) for r in out.get("responses", [])]
+            for r in ranges:
+                kvs = r.get("kvs") or []
+                values.append(_unb64(kvs[0].get("value")) if kvs else None)
+            first = first or int(out.get("header", {}).get("revision", 0))
+        return values, first
 
     def _remember(self, k: str, value: bytes | None, mod: int) -> None:
         with self._lock:
@@ -241,10 +249,18 @@ class EtcdStore:
             raise self._fail("grant_lease", f"unexpected answer {out!r:.100}") from None
 
     def keep_alive(self, lease: int) -> int:
-        """Renew `lease`: its new TTL in seconds, or -1 when it already expired (its keys are gone)."""
+        """Renew `lease`: its new TTL in seconds, or -1 when it already expired or was revoked (its
+        keys are gone). `StoreError` when etcd does not answer, or answers with an error (the
+        gateway's stream then holds `error` rather than `result`: that says nothing of the lease)."""
         out = self._post("keep_alive", "/lease/keepalive", {"ID": str(lease)})
-        result = out.get("result", out)
-        return int(result.get("TTL", -1)) if isinstance(result, dict) else -1
+        result = out.get("result")
+        if not isinstance(result, dict):
+            error = out.get("error")
+            why = error.get("message", error) if isinstance(error, dict) else out
+            raise self._fail("keep_alive", f"{why!s:.200}")
+        # etcd answers an unknown (expired, revoked) lease with TTL 0, which JSON leaves out
+        ttl = int(result.get("TTL", 0))
+        return ttl if ttl > 0 else -1
 
     def revoke_lease(self, lease: int) -> None:
         """End `lease` now: etcd deletes every key attached to it."""

@@ -106,7 +106,8 @@ def _c10d(cfg: RendezvousConfig, ep: Endpoint, node_id: str) -> Rendezvous:
 def _etcd(cfg: RendezvousConfig, ep: Endpoint, node_id: str) -> Rendezvous:
     """No node hosts anything: every node has master priority 0 (rank 0 is the first to join
     unless a `--node-rank` preference says otherwise). The job's keys carry one etcd lease
-    (`lease.LeasedRendezvous`): they vanish with the job. A run id still closed in etcd (its
+    (`lease.LeasedRendezvous`): they vanish with the job; each node's heartbeat is a keep-alive of
+    a lease of its own (`lease.LeaseLiveness`), not a write. A run id still closed in etcd (its
     lease not yet expired) is refused (`RendezvousClosedError` with the `etcdctl` line that clears it)."""
     from elaunch.rendezvous.etcd import connect_etcd, refuse_closed_run
     from elaunch.rendezvous.lease import LeasedRendezvous

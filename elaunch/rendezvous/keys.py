@@ -87,11 +87,18 @@ class Keys:
         self.spares = f"{p}/spares"
         """Lines `+<id> <host>` / `-<id> <host>`: nodes that stand by as spares, and stopped (`spares`)."""
         self.lease = f"{p}/lease"
-        """etcd only: the id of the job's lease, which every key of the job (this one too) carries."""
+        """etcd only: the id of the job's lease, which every key of the job (this one too) carries,
+        but the `alive` keys (each on its node's own lease)."""
 
     def hb(self, node_id: str) -> str:
-        """Heartbeat counter of node `node_id` (its id URL-quoted)."""
+        """Heartbeat counter of node `node_id` (its id URL-quoted); c10d only (etcd: `alive`)."""
         return f"{self.prefix}/hb/{quote(node_id, safe='')}"
+
+    def alive(self, node_id: str) -> str:
+        """etcd only: node `node_id`'s alive key (its id URL-quoted), written once on the node's own
+        lease: it exists while the node keeps that lease alive, and its absence means the node is
+        lost (what `hb` is on c10d)."""
+        return f"{self.prefix}/alive/{quote(node_id, safe='')}"
 
     def bye_at(self, k: int) -> str:
         """Marker set by the k-th node to say goodbye (the store's host waits on the last one)."""

@@ -396,6 +396,24 @@ def heartbeat_stale(seen: BeatSeen, value: int, now: float, timeout: float, peri
     return BeatSeen(seen.value, seen.since, now), now - seen.since > timeout
 
 
+def lapse_reported_lost(in_round: bool, finished: bool) -> bool:
+    """Whether a node whose own liveness lapsed while it ran (etcd: its lease expired, so its alive
+    key was gone for a while) reports itself lost in its round. Its watcher may or may not have
+    looked during the gap; reporting it makes every node, this one too, re-form the group with it
+    whatever the timing, instead of leaving it in a group that may have taken it for dead. A node
+    that reached the exit barrier (`fin`) is finished, not lost; one without a round (joining,
+    standing by) has no slot to report."""
+    return in_round and not finished
+
+
+def lapse_notice(reason: str, round_number: int | None, reported: bool) -> str:
+    """The line a node whose liveness lapsed tells its user: `reason` (what lapsed, and what it
+    holds now), then what follows from it."""
+    if reported and round_number is not None:
+        return f"{reason}; it reports itself lost in round {round_number}, so the group re-forms with it"
+    return reason
+
+
 def finaliser_unclaimed_since(joined: int, min_nodes: int, since: float | None, now: float) -> float | None:
     """Since when MIN have joined and nobody claimed `R/finaliser` (None: fewer joined so far)."""
     if joined < min_nodes:
@@ -469,6 +487,8 @@ __all__ = [
     "heartbeat_stale",
     "id_set",
     "join_timeout_reason",
+    "lapse_notice",
+    "lapse_reported_lost",
     "last_at_barrier",
     "last_call",
     "last_call_after_count",

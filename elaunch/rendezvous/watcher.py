@@ -1,18 +1,28 @@
 """The membership thread: heartbeats, the ring watch, and this node's view of membership.
 
 One thread per node (`elaunch-rdzv-<run id>`) on the control connection. Every beat period it
-makes at most eight store operations, whatever the number of nodes: is the job closed, beat, read
-the watched node's counter, read `R/lost`, read how many wait in the next round, read the spares
-standing by (`P/spares`). Decisions
-(stale counter, next node to watch) are `rounds` functions.
+makes at most eight store operations, whatever the number of nodes: is the job closed, beat, look
+at the watched node, read `R/lost`, read how many wait in the next round, read the spares standing
+by (`P/spares`). What a beat and a look are is the node's `Liveness`:
+
+* c10d (`CounterLiveness`): the beat is `add P/hb/<me> 1`, a write; the look reads the watched
+  node's counter, which is lost once it has not moved for heartbeat_timeout on our clock.
+* etcd (`lease.LeaseLiveness`): the beat is a keep-alive of the node's own lease, on which its
+  alive key `P/alive/<me>` was written once; the look reads the watched node's alive key, which
+  etcd deletes when that lease expires. No write: an idle job adds no etcd revision. A beat that
+  finds this node's own lease expired (etcd heard nothing from it for the TTL) makes up to seven more
+  operations: a new lease, the alive key again, and this node reported lost in its round.
+
+Decisions (stale counter, next node to watch, a lapsed lease) are `rounds` functions.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 from elaunch.errors import StoreError
 from elaunch.rendezvous import rounds
@@ -40,26 +50,114 @@ class Beat:
         return lost
 
 
-class RingWatch:
-    """Which ring neighbour this node watches (the next group rank), and its heartbeat."""
+class NodeWatch(Protocol):
+    """One node looked at again and again (the ring's target, a finaliser, the running rank 0)."""
 
-    def __init__(self, timeout: float, period: float) -> None:
-        self._timeout = timeout
-        self._period = period
+    def lost(self, st: Store, node_id: str) -> bool:
+        """One look at node `node_id` (one store operation): True once it counts as lost.
+        Raises `StoreError` when the store does not answer."""
+        ...
+
+
+class Liveness(Protocol):
+    """How nodes show they are alive and how a node finds another one lost: heartbeat counters
+    (`CounterLiveness`, c10d) or etcd leases (`lease.LeaseLiveness`)."""
+
+    @property
+    def early(self) -> bool:
+        """Whether the membership thread runs from the moment the rendezvous is built (a lease
+        must be kept alive while the node joins), rather than from its first round."""
+        ...
+
+    def beat(self, st: Store) -> str | None:
+        """The membership thread's beat (one store operation, on `st` or the liveness' own
+        connection). None, or why this node's liveness lapsed (its lease had expired: the
+        reason for its user; a new one was granted). Raises `StoreError`."""
+        ...
+
+    def joining_beat(self, st: Store) -> None:
+        """A beat from the joining loops (a finaliser between waits, a spare standing by), whose
+        membership thread may not run yet: 0 or 1 store operation. Raises `StoreError`."""
+        ...
+
+    def watch(self) -> NodeWatch:
+        """A new look-out on one node."""
+        ...
+
+    def all_alive(self, st: Store, ids: Sequence[str], ending: str) -> bool:
+        """Whether every node of `ids` is alive (within heartbeat_timeout) and `ending` did not
+        appear meanwhile (the round is ending). Raises `StoreError`."""
+        ...
+
+
+class CounterLiveness:
+    """c10d: each node beats by `add P/hb/<me> 1` (a write, once per beat period); a node is lost
+    once its counter has not moved for heartbeat_timeout on the watcher's clock
+    (`rounds.heartbeat_stale`). TCPStore has no leases."""
+
+    early = False
+
+    def __init__(self, keys: Keys, node_id: str, settings: RendezvousSettings) -> None:
+        self._k = keys
+        self._id = node_id
+        self._timeout = settings.heartbeat_timeout
+        self._period = settings.beat_period
+
+    def beat(self, st: Store) -> str | None:
+        st.add(self._k.hb(self._id), 1)
+        return None
+
+    def joining_beat(self, st: Store) -> None:
+        st.add(self._k.hb(self._id), 1)
+
+    def watch(self) -> _Counter:
+        return _Counter(self._k, self._timeout, self._period)
+
+    def all_alive(self, st: Store, ids: Sequence[str], ending: str) -> bool:
+        """Every counter moves within heartbeat_timeout (read twice or more), and `ending` does not
+        appear meanwhile: up to heartbeat_timeout."""
+        keys = [self._k.hb(i) for i in ids]
+        first = [st.add(k, 0) for k in keys]
+        pending = set(range(len(keys)))
+        deadline = time.monotonic() + self._timeout
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or st.wait([ending], min(self._period, left) / 4):
+                return False
+            pending = {i for i in pending if st.add(keys[i], 0) == first[i]}
+        return True
+
+
+class _Counter:
+    """`CounterLiveness.watch`: one node's counter on our clock."""
+
+    def __init__(self, keys: Keys, timeout: float, period: float) -> None:
+        self._k = keys
+        self._beat = Beat(timeout, period)
+
+    def lost(self, st: Store, node_id: str) -> bool:
+        return self._beat.stale(st.add(self._k.hb(node_id), 0), time.monotonic())
+
+
+class RingWatch:
+    """Which ring neighbour this node watches (the next group rank), and the look-out on it."""
+
+    def __init__(self, liveness: Liveness) -> None:
+        self._live = liveness
         self.round = -1
         self.me = 0
         self.target: int | None = None
-        self.beat = Beat(timeout, period)
+        self.look = liveness.watch()
 
     def reset(self, rv: Round) -> None:
         self.round = rv.number
         self.me = rv.rank
         self.target = rounds.ring_target(rv.rank, rv.size)
-        self.beat = Beat(self._timeout, self._period)
+        self.look = self._live.watch()
 
     def advance(self, rv: Round) -> None:
         """Watch the next node in the ring (the lost one watched it); stop when back at us."""
-        self.beat = Beat(self._timeout, self._period)
+        self.look = self._live.watch()
         self.target = rounds.ring_after(self.target or 0, self.me, rv.size)
 
 
@@ -79,6 +177,7 @@ class MembershipState:
         self._spare = False
         self._spares: tuple[str, ...] = ()
         self._wake: Callable[[], None] | None = None
+        self._notice: Callable[[str], None] | None = None
 
     @property
     def round(self) -> Round | None:
@@ -163,6 +262,21 @@ class MembershipState:
     def set_wakeup(self, wake: Callable[[], None]) -> None:
         with self._lock:
             self._wake = wake
+
+    def set_notice(self, notice: Callable[[str], None]) -> None:
+        with self._lock:
+            self._notice = notice
+
+    def tell(self, text: str) -> None:
+        """Give the user a line (`set_notice`'s callback, from any thread); a broken callback must
+        not kill the caller."""
+        with self._lock:
+            notice = self._notice
+        if notice is not None:
+            try:
+                notice(text)
+            except Exception:
+                pass
 
     def notify(self) -> None:
         """Call the wake-up callback, if any; a broken callback must not kill the watcher."""
@@ -252,6 +366,7 @@ class Watcher(MembershipThread):
         state: MembershipState,
         address: str,
         name: str,
+        liveness: Liveness | None = None,
     ) -> None:
         self._ctl = ctl
         self._k = keys
@@ -260,13 +375,15 @@ class Watcher(MembershipThread):
         self._state = state
         self._address = address
         self._period = settings.beat_period
+        self.liveness: Liveness = liveness or CounterLiveness(keys, node_id, settings)
+        self._lapses = 0
         super().__init__(name)
 
     def _run(self) -> None:
         """Beat until stopped or closed. A store that keeps failing for heartbeat_timeout closes
         the job locally with a "lost the rendezvous store" reason: the agent then stops its
         workers and exits."""
-        w = RingWatch(self._s.heartbeat_timeout, self._period)
+        w = RingWatch(self.liveness)
         failing_since: float | None = None
         # One period between looks, the first one too: not N nodes' worth of calls at the very
         # moment every node is reading the group.
@@ -291,22 +408,25 @@ class Watcher(MembershipThread):
 
     def tick(self, ctl: Store, w: RingWatch) -> tuple[bool, bool]:
         """One heartbeat period: at most 8 store operations, whatever the number of nodes (the
-        last two read `P/spares`, whose size is the number of spares that ever stood by).
+        last two read `P/spares`, whose size is the number of spares that ever stood by; a beat
+        that finds this node's lease expired makes up to 7 more). Before this node's first round
+        (a liveness that runs `early`) it only beats: the joining loops watch `P/closed`.
         Returns (the view changed, the job is closed)."""
         k = self._k
+        rv = self._state.round
+        if rv is None:
+            self._lapsed(ctl, None, self.liveness.beat(ctl))
+            return False, False
         if ctl.check([k.closed]):
             reason = ctl.get(k.closed).decode(errors="replace")
             return self._state.closed_by_store(reason), True
-        ctl.add(k.hb(self._id), 1)
-        rv = self._state.round
-        if rv is None:
-            return False, False
+        self._lapsed(ctl, rv, self.liveness.beat(ctl))
         rk = k.round(rv.number)
         if w.round != rv.number:
             w.reset(rv)
         if w.target is not None:
             target = rv.nodes[w.target]
-            if w.beat.stale(ctl.add(k.hb(target.id), 0), time.monotonic()):
+            if w.look.lost(ctl, target.id):
                 # A node that reached the exit barrier (`fin`) may stop beating: it is not lost.
                 finished = ctl.check([rk.fin(w.target)])
                 if not finished and release_slot(ctl, k, rv, w.target, f"lost:{self._id}"):
@@ -319,13 +439,30 @@ class Watcher(MembershipThread):
         spares = read_spares(ctl, k, lambda: {r.id for r in rv.nodes})
         return self._state.update(rv, lost, waiting) | self._state.set_spares(spares), False
 
+    def _lapsed(self, ctl: Store, rv: Round | None, reason: str | None) -> None:
+        """This node's liveness lapsed (`reason`; None: it did not): report itself lost in its
+        round when `rounds.lapse_reported_lost` says so, and tell the user."""
+        if reason is None:
+            return
+        finished = rv is not None and ctl.check([self._k.round(rv.number).fin(rv.rank)])
+        report = rounds.lapse_reported_lost(rv is not None, finished)
+        if report and rv is not None:
+            me = rv.nodes[rv.rank]
+            self._lapses += 1  # `by` unique to this lapse: a slot released before is not counted twice
+            if release_slot(ctl, self._k, rv, rv.rank, f"lapsed:{self._lapses}:{self._id}"):
+                ctl.append(self._k.round(rv.number).lost, rounds.lost_line(rv.rank, me.info.host, self._id))
+        self._state.tell(rounds.lapse_notice(reason, None if rv is None else rv.number, report))
+
 
 __all__ = [
     "STORE_LOST",
     "Beat",
     "ControlConnection",
+    "CounterLiveness",
+    "Liveness",
     "MembershipState",
     "MembershipThread",
+    "NodeWatch",
     "RingWatch",
     "Watcher",
     "release_slot",

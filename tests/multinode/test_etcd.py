@@ -3,6 +3,7 @@ real etcd (no torch anywhere: no node hosts a store), and an unreachable etcd.""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from scripts.testbed import free_port
+from scripts.testbed import free_port, wait_until
 from tests.helpers import run_elaunch, write_script
 from tests.multinode.test_loopback import CONF, ENV_SCRIPT, Agents, agents
 
@@ -48,6 +49,25 @@ def test_two_agents_meet_in_etcd(backend: str, etcd_server: Any, agents: Agents,
     assert len({(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in everyone}) == 1
     assert {e["TORCHELASTIC_RUN_ID"] for e in everyone} == {common[common.index("--rdzv-id") + 1]}
     assert "Traceback" not in agents.err("a") + agents.err("b")
+
+
+@pytest.mark.etcd
+@pytest.mark.timeout(120)
+def test_a_sigkilled_node_is_found_lost_and_the_others_go_on(etcd_server: Any, agents: Agents, tmp_path: Path) -> None:
+    # Its lease is renewed no more: etcd deletes its alive key, and its ring neighbour finds it lost.
+    script = write_script(
+        tmp_path, "w.py", ENV_SCRIPT + "import time\nwhile os.environ['WORLD_SIZE'] != '2':\n    time.sleep(0.05)\n"
+    )
+    common = etcd_args("etcd", etcd_server.port, "2:3")
+    common[common.index(CONF)] = CONF.replace("last_call_timeout=1", "last_call_timeout=30")  # round 0: all 3
+    for name in "abc":
+        agents.start(name, [*common, "--max-restarts", "0", str(script)])
+    wait_until(lambda: all(len(agents.envs(n)) == 1 for n in "abc"), 60, "three nodes to run their workers")
+    agents.procs["b"].kill()
+    for name in "ac":
+        assert agents.wait(name) == 0, agents.err(name)  # --max-restarts 0: re-forming used none
+        assert [e["WORLD_SIZE"] for e in agents.envs(name)] == ["3", "2"]
+        assert re.search(r"membership: .*lost \S+ \(group rank \d\)", agents.err(name)), agents.err(name)
 
 
 @pytest.mark.timeout(60)

@@ -2,7 +2,8 @@
 
 Driven by commands on stdin (join, close REASON, barrier SECONDS, fail TEXT, failures, exit);
 reports JSON lines on stdout: ready (with the store's address), round, membership changes,
-errors. Joins run in a thread so that commands (e.g. close) still work while one blocks.
+notices, errors. `--backend etcd` meets in an etcd at `--port` instead of a TCPStore. Joins run
+in a thread so that commands (e.g. close) still work while one blocks.
 """
 
 from __future__ import annotations
@@ -31,17 +32,20 @@ def main() -> None:
     p.add_argument("--run-id", default="job")
     p.add_argument("--nnodes", default="2:3")
     p.add_argument("--conf", default="{}")
+    p.add_argument("--backend", default="c10d", help="c10d (the endpoint's port 0: host it) or etcd")
+    p.add_argument("--standby", type=int, default=0)
     a = p.parse_args()
     lo, _, hi = a.nnodes.partition(":")
     try:
         conf = json.loads(a.conf)
         cfg = RendezvousConfig(
-            backend="c10d",
+            backend=a.backend,
             run_id=a.run_id,
             min_nodes=int(lo),
             max_nodes=int(hi or lo),
             endpoint=Endpoint("127.0.0.1", a.port),
             settings=RendezvousSettings(**conf),
+            standby=a.standby,
         )
         rdzv = create_rendezvous(cfg, node_id=a.name)
     except ElaunchError as e:
@@ -50,6 +54,8 @@ def main() -> None:
     me = NodeInfo(host=a.name, role="default", local_world_size=1, master_port=40000)
     changed = threading.Event()
     rdzv.set_wakeup(changed.set)
+    if hasattr(rdzv, "set_notice"):
+        rdzv.set_notice(lambda text: say(event="notice", text=text))
     stop = threading.Event()
 
     def watch() -> None:

@@ -87,6 +87,27 @@ def test_waits_make_no_threads(store: EtcdStore) -> None:
 
 @pytest.mark.etcd
 @pytest.mark.timeout(30)
+def test_reads_of_more_keys_than_one_etcd_transaction_allows(store: EtcdStore) -> None:
+    # etcd refuses a transaction of more than 128 operations (--max-txn-ops): a 200-node group's
+    # keys are read in several requests.
+    keys = [f"/many/{i}" for i in range(200)]
+    assert not store.check(keys)
+    for k in keys[:-1]:
+        store.set(k, k)
+    assert not store.check(keys)
+    other = store.clone()
+    setter = threading.Timer(0.05, other.set, args=(keys[-1], keys[-1]))
+    try:
+        setter.start()
+        assert store.multi_get(keys, timeout=5) == [k.encode() for k in keys]  # the last one waited for
+    finally:
+        setter.join()
+        other.close()
+    assert store.check(keys)
+
+
+@pytest.mark.etcd
+@pytest.mark.timeout(30)
 def test_a_stopped_server_fails_every_call_fast_naming_the_endpoint(etcd_server: Any, store: EtcdStore) -> None:
     where = f"127.0.0.1:{etcd_server.port}"
     waiter = Call(lambda: store.wait(["/never"], 20))
@@ -128,6 +149,27 @@ def test_a_hung_server_bounds_every_call(etcd_server: Any, store: EtcdStore) -> 
     store.set_timeout(5.0)
     # the set that got no answer may still be applied once etcd runs again
     assert wait_until(lambda: store.get("/k") in (b"v", b"w"), 10, "etcd to answer again")
+
+
+@pytest.mark.timeout(30)
+def test_a_keep_alive_answered_with_an_error_is_no_expiry() -> None:
+    # The gateway streams {"error": ...} when etcd cannot serve the renewal (overloaded, no leader):
+    # that says nothing about the lease, and must not be read as "expired" (its node would
+    # report itself lost).
+    st = EtcdStore("127.0.0.1", 1, timeout=1)
+    answers = {  # by lease id
+        "1": {"error": {"grpc_code": 14, "message": "etcdserver: request timed out"}},
+        "2": {"result": {"header": {"revision": "7"}, "ID": "2"}},  # unknown: TTL 0, left out
+        "3": {"result": {"header": {"revision": "7"}, "ID": "3", "TTL": "5"}},
+    }
+    try:
+        st._post = lambda op, path, payload: answers[payload["ID"]]  # type: ignore[method-assign]
+        with pytest.raises(StoreError, match="keep_alive failed: etcdserver: request timed out"):
+            st.keep_alive(1)
+        assert st.keep_alive(2) == -1  # expired or revoked
+        assert st.keep_alive(3) == 5
+    finally:
+        st.close()
 
 
 @pytest.mark.timeout(30)
@@ -215,10 +257,13 @@ def test_every_key_of_a_job_carries_its_lease_and_a_finished_job_leaves_none(etc
         for c in calls:
             c.result(30)
         keys = _job_keys(etcd_server.port, "leased")
-        leases = {int(meta.get("lease", 0)) for _, meta in keys}
-        assert len(keys) > 5 and len(leases) == 1 and 0 not in leases, keys  # one lease, on every key
+        alive = {m["key"].rsplit(b"/", 1)[1]: int(m.get("lease", 0)) for _, m in keys if b"/alive/" in m["key"]}
+        leases = {int(meta.get("lease", 0)) for _, meta in keys if b"/alive/" not in meta["key"]}
+        assert len(keys) > 5 and len(leases) == 1 and 0 not in leases, keys  # one lease, on every key...
         (lease,) = leases
         assert [v for v, m in keys if m["key"].endswith(b"/lease")] == [str(lease).encode()]
+        # ... but each node's alive key, which is on the node's own lease
+        assert set(alive) == {b"n0", b"n1"} and len({*alive.values(), lease, 0}) == 4, alive
         for c in [Call(lambda r=r: r.exit_barrier(10)) for r in rs]:
             c.result(30)
     finally:

@@ -191,6 +191,29 @@ def test_the_ring_skips_lost_nodes_and_stops_at_us() -> None:
     assert seen == [1, 2, 3]
 
 
+def test_a_node_whose_liveness_lapsed_reports_itself_lost_only_while_it_runs_a_round() -> None:
+    assert rounds.lapse_reported_lost(in_round=True, finished=False)
+    assert not rounds.lapse_reported_lost(in_round=True, finished=True)  # at the exit barrier: finished
+    assert not rounds.lapse_reported_lost(in_round=False, finished=False)  # joining, standing by: no slot
+    assert rounds.lapse_notice("it lapsed", 4, reported=True) == (
+        "it lapsed; it reports itself lost in round 4, so the group re-forms with it"
+    )
+    assert rounds.lapse_notice("it lapsed", None, reported=False) == "it lapsed"
+
+
+def test_the_etcd_leases_ttls() -> None:
+    from elaunch.rendezvous.api import RendezvousSettings
+    from elaunch.rendezvous.lease import expired_reason, lease_ttl, node_lease_ttl
+
+    default = RendezvousSettings()
+    assert (node_lease_ttl(default), lease_ttl(default)) == (5, 15)  # heartbeat_timeout 5 s
+    fast = RendezvousSettings(heartbeat_timeout=1.5, keep_alive_interval=0.2)
+    assert node_lease_ttl(fast) == 2  # whole seconds, rounded up
+    assert node_lease_ttl(fast) > fast.beat_period  # renewed before it can expire
+    assert node_lease_ttl(RendezvousSettings(heartbeat_timeout=0.1)) == 1
+    assert "for 5 s" in expired_reason(5) and "holds a new lease" in expired_reason(5)
+
+
 # -- leaving: release, barrier, goodbyes ------------------------------------------------------------
 def test_releasing_barrier_and_goodbye_counts() -> None:
     assert [rounds.round_released(n, 3) for n in (1, 2, 3)] == [False, False, True]
@@ -224,6 +247,7 @@ def test_every_key_lives_under_the_quoted_run_id() -> None:
         f"{p}/bye",
     )
     assert k.hb("host:12:ab/c") == f"{p}/hb/host%3A12%3Aab%2Fc"
+    assert k.alive("host:12:ab/c") == f"{p}/alive/host%3A12%3Aab%2Fc"
     assert k.bye_at(3) == f"{p}/bye/3"
     r = k.round(7)
     names = [r.nodes, r.joined, r.finaliser, r.final, r.released, r.done, r.lost, r.exit, r.exit_done]

@@ -4,25 +4,17 @@ the exit barrier, and the store's host dying."""
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from ._agent import Agent, lost_of
+
 pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[2]
-AGENT = Path(__file__).with_name("agent_proc.py")
 HB = 1.0
 CONF = {
     "heartbeat_timeout": HB,
@@ -32,78 +24,6 @@ CONF = {
     "close_timeout": 2.0,
     "read_timeout": 10.0,
 }
-Event = dict[str, Any]
-
-
-class Agent:
-    """An agent process; its JSON events arrive on a queue read by a thread."""
-
-    def __init__(
-        self, name: str, port: int, nnodes: str = "2:3", conf: dict[str, float] | None = None, run_id: str = "job"
-    ) -> None:
-        self.name = name
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            # the sandbox's DNS sometimes drops the reverse lookups c10d makes per connection:
-            # bound each to 1 s instead of glibc's 5
-            "RES_OPTIONS": "timeout:1 attempts:1",
-        }
-        cmd = [sys.executable, str(AGENT), "--name", name, "--port", str(port), "--nnodes", nnodes]
-        cmd += ["--conf", json.dumps(conf or CONF), "--run-id", run_id]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-        self.events: queue.Queue[Event] = queue.Queue()
-        self.seen: list[Event] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                self.events.put(json.loads(line))
-        self.events.put({"event": "eof"})
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, pred: Callable[[Event], bool], timeout: float, what: str) -> Event:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{self.name}: no {what} within {timeout} s; saw {self.seen}")
-            try:
-                ev = self.events.get(timeout=left)
-            except queue.Empty:
-                continue
-            self.seen.append(ev)
-            if ev["event"] == "eof":
-                raise AssertionError(f"{self.name} exited (rc {self.proc.poll()}) before {what}; saw {self.seen}")
-            if pred(ev):
-                return ev
-
-    def round(self, timeout: float = 20) -> Event:
-        return self.expect(lambda e: e["event"] in ("round", "error"), timeout, "round")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send("exit")
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(10)
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                f.close()
-        self._reader.join(5)
 
 
 @pytest.fixture
@@ -116,7 +36,8 @@ def agents() -> Iterator[list[Agent]]:
 
 
 def start_host(agents: list[Agent], name: str = "nodeH", **kw: Any) -> tuple[Agent, int]:
-    host = Agent(name, 0, **kw)  # endpoint 127.0.0.1:0 is local: it hosts, on a free port
+    # endpoint 127.0.0.1:0 is local: it hosts, on a free port
+    host = Agent(name, 0, kw.pop("conf", CONF), **kw)
     agents.append(host)
     ready = host.expect(lambda e: e["event"] in ("ready", "error"), 60, "ready")
     assert ready["event"] == "ready", ready
@@ -124,15 +45,11 @@ def start_host(agents: list[Agent], name: str = "nodeH", **kw: Any) -> tuple[Age
 
 
 def start(agents: list[Agent], name: str, port: int, **kw: Any) -> Agent:
-    a = Agent(name, port, **kw)
+    a = Agent(name, port, kw.pop("conf", CONF), **kw)
     agents.append(a)
     ready = a.expect(lambda e: e["event"] in ("ready", "error"), 60, "ready")
     assert ready["event"] == "ready", ready
     return a
-
-
-def lost_of(e: Event) -> bool:
-    return e["event"] == "membership" and bool(e["lost"])
 
 
 @pytest.mark.timeout(150)

@@ -8,8 +8,8 @@ import pytest
 from elaunch.rendezvous.api import Membership, RendezvousSettings
 from elaunch.rendezvous.keys import Keys
 from elaunch.rendezvous.rounds import NodeRecord, Round
-from elaunch.rendezvous.store import MemoryStore
-from elaunch.rendezvous.watcher import ControlConnection, MembershipState, RingWatch, Watcher
+from elaunch.rendezvous.store import MemoryStore, Store
+from elaunch.rendezvous.watcher import ControlConnection, CounterLiveness, MembershipState, RingWatch, Watcher
 from scripts.testbed import wait_until
 
 from ._support import info
@@ -20,15 +20,33 @@ HB = 0.3
 SETTINGS = RendezvousSettings(heartbeat_timeout=HB, keep_alive_interval=0.05)
 
 
-def setup() -> tuple[MemoryStore, Keys, MembershipState, Watcher, RingWatch, Round]:
+class Lapsing(CounterLiveness):
+    """Counter heartbeats whose beats say the node's liveness lapsed while `lapse` is set (what
+    `lease.LeaseLiveness` says when it found the node's etcd lease expired)."""
+
+    lapse: str | None = None
+    beats = 0
+
+    def beat(self, st: Store) -> str | None:
+        super().beat(st)
+        self.beats += 1
+        return self.lapse
+
+
+def setup(
+    liveness: Lapsing | None = None, in_round: bool = True
+) -> tuple[MemoryStore, Keys, MembershipState, Watcher, RingWatch, Round]:
     store = MemoryStore()
     keys = Keys("job")
     group = tuple(NodeRecord(n, info(f"host-{n}")) for n in ("a", "b", "c"))
     rv = Round(0, group, rank=0)  # we are a: we watch b, then c
     state = MembershipState()
-    state.new_round(rv)
-    w = Watcher(ControlConnection(store.clone(), "memory"), keys, "a", SETTINGS, state, "memory", "test-watch")
-    return store, keys, state, w, RingWatch(HB, SETTINGS.beat_period), rv
+    if in_round:
+        state.new_round(rv)
+    w = Watcher(
+        ControlConnection(store.clone(), "memory"), keys, "a", SETTINGS, state, "memory", "test-watch", liveness
+    )
+    return store, keys, state, w, RingWatch(w.liveness), rv
 
 
 def test_a_stuck_neighbour_is_released_reported_and_skipped() -> None:
@@ -73,3 +91,41 @@ def test_what_a_beat_saw_of_a_replaced_round_is_dropped() -> None:
     assert state.view() == Membership()  # a new round starts with a clean view
     assert not state.update(rv, ("host-b",), 3)
     assert state.view() == Membership()
+
+
+def test_a_node_whose_liveness_lapsed_reports_itself_lost_and_says_so() -> None:
+    live = Lapsing(Keys("job"), "a", SETTINGS)
+    store, keys, state, w, ring, _ = setup(live)
+    told: list[str] = []
+    state.set_notice(told.append)
+    store.add(keys.hb("b"), 1)
+    assert w.tick(store, ring) == (False, False)
+    live.lapse = "its lease expired"
+    assert w.tick(store, ring) == (True, False)
+    assert state.view() == Membership(lost=("host-a (group rank 0)",))  # itself: its agent re-forms
+    r0 = keys.round(0)
+    assert store.get(r0.rel(0)) == b"lapsed:1:a" and store.add(r0.released, 0) == 1
+    assert told == ["its lease expired; it reports itself lost in round 0, so the group re-forms with it"]
+    assert w.tick(store, ring) == (False, False)  # lapsed again: its slot is released already
+    assert store.get(r0.lost).count(b'"id": "a"') == 1 and store.add(r0.released, 0) == 1
+
+
+def test_a_finished_node_whose_liveness_lapsed_is_not_lost() -> None:
+    live = Lapsing(Keys("job"), "a", SETTINGS)
+    store, keys, state, w, ring, _ = setup(live)
+    told: list[str] = []
+    state.set_notice(told.append)
+    store.set(keys.round(0).fin(0), "1")  # at the exit barrier
+    live.lapse = "its lease expired"
+    store.add(keys.hb("b"), 1)
+    assert w.tick(store, ring) == (False, False)
+    assert not store.check([keys.round(0).lost, keys.round(0).rel(0)])
+    assert told == ["its lease expired"]
+
+
+def test_before_its_first_round_a_node_only_beats() -> None:
+    live = Lapsing(Keys("job"), "a", SETTINGS)
+    store, keys, state, w, ring, _ = setup(live, in_round=False)
+    store.compare_set(keys.closed, "", "h9 failed")
+    assert w.tick(store, ring) == (False, False)  # the joining loops read P/closed, not the beat
+    assert live.beats == 1 and state.view() == Membership()

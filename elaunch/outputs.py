@@ -113,11 +113,19 @@ class GuardedSink:
         try:
             fn()
         except ERRORS as e:
-            self.dead = True
-            self._outputs.failed(self.name, e, console=self._console, files=self._files)
+            self._failed(e)
+
+    def _failed(self, e: BaseException) -> None:
+        self.dead = True
+        self._outputs.failed(self.name, e, console=self._console, files=self._files)
 
     def handle(self, e: ev.Event) -> None:
-        self._guard(lambda: self.inner.handle(e))
+        if self.dead:
+            return
+        try:  # written out, not through _guard: this runs for every event (no closure per event)
+            self.inner.handle(e)
+        except ERRORS as err:
+            self._failed(err)
 
     def flush(self) -> None:
         self._guard(self.inner.flush)

@@ -337,18 +337,25 @@ _STEPS: dict[type[ev.Event], Callable[[RunView, Any], RunView]] = {
 }
 
 
+_RESOLVED: dict[type, Callable[[RunView, Any], RunView] | None] = {}
+"""Event type -> its reducer step (a subclass of a known event: its base's), or None (changes
+nothing); filled as types are seen, so an event's step is one lookup."""
+
+
+def _step_of(kind: type) -> Callable[[RunView, Any], RunView] | None:
+    try:
+        return _RESOLVED[kind]
+    except KeyError:
+        step = next((_STEPS[cls] for cls in kind.__mro__ if cls in _STEPS), None)
+        _RESOLVED[kind] = step
+        return step
+
+
 def advance(view: RunView, event: ev.Event) -> RunView:
     """The view after `event`; `view` itself is never changed. Events that change nothing
     (messages, signals) return `view` as it is."""
-    step = _STEPS.get(type(event))
-    if step is None:
-        for cls in type(event).__mro__[1:]:  # a subclass of a known event
-            step = _STEPS.get(cls)
-            if step is not None:
-                break
-        else:
-            return view
-    return step(view, event)
+    step = _step_of(type(event))
+    return view if step is None else step(view, event)
 
 
 def fold(events: Iterable[ev.Event], view: RunView | None = None) -> RunView:
@@ -366,22 +373,48 @@ class ViewSource(Protocol):
     def view(self) -> RunView: ...
 
 
+FOLD_PERIOD = 0.1
+"""Seconds of event time a worker's latest bar redraw (`WorkerProgress`) may wait before the
+tracker folds it into the view it keeps: a bar redrawn 50 times a second by each of 8 workers
+is folded 10 times a second, not 400 (each fold builds a new view). A read of `view` folds what
+waits, so no reader sees a stale bar."""
+
+
 class RunTracker:
     """The sink that keeps the current `RunView`; subscribe it before every sink that reads it.
 
-    `view` is swapped in one assignment per event, so any thread may read it and always gets a
-    whole, immutable view.
+    It keeps one pair (view, bar redraws not folded in yet: the latest `WorkerProgress` per local
+    rank), swapped in one assignment, so any thread may read it and always gets a whole, immutable
+    view: `view` is `advance` of every event handled, in order (a redraw replaced by a later one of
+    the same worker is skipped: its row shows the later one). Redraws wait at most FOLD_PERIOD
+    seconds of event time, and are folded in before any other event that changes the view.
     """
 
     def __init__(self, view: RunView | None = None) -> None:
-        self._view = view if view is not None else RunView()
+        self._state: tuple[RunView, dict[int, ev.WorkerProgress]] = (view if view is not None else RunView(), {})
+        self._folded_at = float("-inf")
 
     @property
     def view(self) -> RunView:
-        return self._view
+        view, waiting = self._state
+        return fold(waiting.values(), view) if waiting else view
 
     def handle(self, event: ev.Event) -> None:
-        self._view = advance(self._view, event)
+        view, waiting = self._state
+        if type(event) is ev.WorkerProgress:
+            waiting = {**waiting, event.local_rank: event}  # a new dict: a reader may hold the old one
+            if event.ts - self._folded_at < FOLD_PERIOD:
+                self._state = (view, waiting)
+                return
+            self._folded_at = event.ts
+            self._state = (fold(waiting.values(), view), {})
+            return
+        step = _step_of(type(event))
+        if step is None:
+            return  # changes nothing (worker bytes, messages, signals)
+        if waiting:
+            view = fold(waiting.values(), view)
+        self._state = (step(view, event), {})
 
     def flush(self) -> None:
         pass

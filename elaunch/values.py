@@ -52,10 +52,25 @@ class _Base:
     __record_fields__: ClassVar[tuple[str, ...]] = ()
     __record_defaults__: ClassVar[dict[str, Field]] = {}
     __record_kw_only__: ClassVar[bool] = False
+    __record_required__: ClassVar[frozenset[str]] = frozenset()
+    """The fields without a default."""
+    __record_names__: ClassVar[frozenset[str]] = frozenset()
+    """The field names, as a set (`replace` checks changes against it)."""
+    __record_post_init__: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         cls = type(self)
         names = cls.__record_fields__
+        if not args and cls.__record_required__ <= kwargs.keys() <= cls.__record_names__:
+            # The common case (events: keywords only, every field without a default among them).
+            d = self.__dict__
+            for name, dflt in cls.__record_defaults__.items():
+                if name not in kwargs:
+                    d[name] = dflt.default_factory() if dflt.default_factory is not None else dflt.default
+            d.update(kwargs)
+            if cls.__record_post_init__:
+                self.__post_init__()  # type: ignore[attr-defined]
+            return
         if args and cls.__record_kw_only__:
             raise TypeError(f"{cls.__name__}() takes keyword arguments only")
         if len(args) > len(names):
@@ -142,6 +157,9 @@ def _define(cls: type[_T], base: type, kw_only: bool) -> type[_T]:
     cls.__record_fields__ = tuple(names)  # type: ignore[attr-defined]
     cls.__record_defaults__ = defaults  # type: ignore[attr-defined]
     cls.__record_kw_only__ = kw_only  # type: ignore[attr-defined]
+    cls.__record_required__ = frozenset(n for n in names if n not in defaults)  # type: ignore[attr-defined]
+    cls.__record_names__ = frozenset(names)  # type: ignore[attr-defined]
+    cls.__record_post_init__ = hasattr(cls, "__post_init__")  # type: ignore[attr-defined]
     setattr(cls, "__match_args__", tuple(names))  # noqa: B010 (mypy refuses the assignment)
     return cls
 
@@ -171,9 +189,8 @@ def fields(obj: Any) -> tuple[str, ...]:
 
 def replace(obj: _T, **changes: Any) -> _T:
     """A copy of record `obj` with `changes` (field names only); `__init__` is not re-run."""
-    names = type(obj).__record_fields__  # type: ignore[attr-defined]
-    unknown = changes.keys() - set(names)
-    if unknown:
+    if not changes.keys() <= type(obj).__record_names__:  # type: ignore[attr-defined]
+        unknown = changes.keys() - type(obj).__record_names__  # type: ignore[attr-defined]
         raise TypeError(f"{type(obj).__name__} has no field(s) {sorted(unknown)}")
     new = object.__new__(type(obj))
     d = new.__dict__

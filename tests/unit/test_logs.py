@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from elaunch.logs import COMPACT_AT, MAX_LINE, LineBuffer, collapse_cr, prefix_lines
+from elaunch.logs import COMPACT_AT, MAX_LINE, LineBuffer, collapse_cr, last_segment, prefix_lines
 from elaunch.tails import extract_traceback
 
 
@@ -105,3 +105,11 @@ def test_a_bar_redrawn_for_hours_keeps_a_small_buffer_and_its_last_state() -> No
     assert buf.feed(b"\r\rdone\n") == (b"done\n", None)
     buf.feed(b"Epoch 1 \r" + b"x" * COMPACT_AT + b"\r  ")
     assert buf.feed(b"\n") == (b"x" * COMPACT_AT + b"\n", None)  # blank redraws do not hide the last bar
+
+
+def test_last_segment_is_what_the_redraws_leave_shown() -> None:
+    assert last_segment(b"\r 10%\r 20%") == b" 20%"
+    assert last_segment(b"\r 10%\r 20%\r") == b" 20%"  # a redraw begun: the last one drawn
+    assert last_segment(b"a\r \r\t\r") == b"a"
+    assert last_segment(b"\r\r") == b"" and last_segment(b"") == b""
+    assert last_segment(b"plain") == b"plain"

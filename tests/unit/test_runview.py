@@ -115,3 +115,35 @@ def test_the_tracker_swaps_whole_views() -> None:
     assert before == RunView()
     assert held == fold(history[:5]) and held.finished is None
     assert tracker.view == fold(history)
+
+
+def _bars(ts: float, rank: int, n: int) -> ev.WorkerProgress:
+    text = f"rank {rank}:  {n}%|#   | {n}/100 [00:0{n // 50}<00:01, 50.00it/s]".encode()
+    return ev.WorkerProgress(ts=ts, local_rank=rank, global_rank=rank, stream=2, text=text)
+
+
+def test_the_tracker_shows_every_bar_redraw_at_once_though_it_folds_them_later() -> None:
+    """Redraws wait outside the kept view for up to FOLD_PERIOD; every read still sees the last one,
+    and lines, state changes and the next attempt come after them, in order."""
+    history: list[ev.Event] = [run_started(), *attempt(T0, 2, round_=1, restart=0, first_pid=100)]
+    t = T0 + 1
+    for n in range(1, 100):  # two workers redrawing at 50 Hz, a line now and then
+        t += 0.01
+        history.append(_bars(t, n % 2, n))
+        if n % 37 == 0:
+            history.append(ev.WorkerOutput(ts=t, local_rank=n % 2, global_rank=n % 2, stream=2, data=b"epoch\n"))
+    history.append(ev.WorkerStateChanged(ts=t + 0.01, local_rank=1, global_rank=1, pid=101,
+                                         old=WorkerState.HEALTHY, new=WorkerState.SUCCEEDED, exitcode=0, restart=0))  # fmt: skip
+    history.append(_bars(t + 0.02, 0, 100))
+    history += attempt(t + 0.03, 2, round_=2, restart=1, first_pid=200)
+    tracker = RunTracker()
+    for i, e in enumerate(history):
+        tracker.handle(e)
+        seen, exact = tracker.view, fold(history[: i + 1])
+        assert [(w.pid, w.state, w.progress, w.last_output, w.progress_stream) for w in seen.all_workers] == [
+            (w.pid, w.state, w.progress, w.last_output, w.progress_stream) for w in exact.all_workers
+        ], f"after event {i}: {e!r}"
+        assert [(p.step, p.total) if (p := seen.progress_of(w)) else None for w in seen.workers] == [
+            (p.step, p.total) if (p := exact.progress_of(w)) else None for w in exact.workers
+        ]
+    assert [w.progress[:13] for w in tracker.view.past_workers] == ["rank 0:  100%", "rank 1:  99%|"]

@@ -92,6 +92,22 @@ def test_bad_arguments() -> None:
         Checked(-1)
 
 
+def test_keywords_only_as_events_are_made() -> None:
+    """The common path (keywords, every field without a default given) checks as much as the other."""
+    p = Point(x=1, extra={"a": 1})
+    assert (p.x, p.y, p.tags, p.extra) == (1, 0, (), {"a": 1})
+    assert Point(x=1).extra is not Point(x=1).extra
+    assert Point3(z=3, x=1) == Point3(1, 0, (), {}, 3)
+    assert Happened(what="x", when=2.0).when == 2.0 and Happened(what="x").when == 1.0
+    with pytest.raises(TypeError, match="missing argument 'x'"):
+        Point(y=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected or repeated"):
+        Point(x=1, w=2)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="n must be"):
+        Checked(n=-1)
+    assert Checked(n=2).n == 2
+
+
 def test_replace_and_mutable_records() -> None:
     p = replace(Point(1, 2), y=5)
     assert p == Point(1, 5)

@@ -64,6 +64,7 @@ bench: install-dev
 	$(PY) scripts/bench_api.py
 	$(PY) scripts/bench_restart.py
 	$(PY) scripts/bench_spare.py
+	$(PY) scripts/bench_etcd_idle.py
 
 bench-quick: install-dev
 	$(PY) scripts/bench_launch.py --quick
@@ -76,6 +77,7 @@ bench-quick: install-dev
 	$(PY) scripts/bench_api.py --quick
 	$(PY) scripts/bench_restart.py --quick
 	$(PY) scripts/bench_spare.py --quick
+	$(PY) scripts/bench_etcd_idle.py --window 10
 
 clean:
 	rm -rf build dist *.egg-info bench-results .pytest_cache .mypy_cache .ruff_cache $(VENV)

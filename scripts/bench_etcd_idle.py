@@ -17,33 +17,15 @@ is stopped and its data removed at the end. Runs against any commit (it uses onl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elaunch.rendezvous import Endpoint, NodeInfo, RendezvousConfig, RendezvousSettings, create_rendezvous
-from scripts.testbed.etcd import EtcdServer
-
-
-def revision(url: str) -> int:
-    """etcd's current revision (a range request on a key nobody writes)."""
-    req = urllib.request.Request(f"{url}/v3/kv/range", data=json.dumps({"key": "AA=="}).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return int(json.loads(r.read())["header"]["revision"])
-
-
-def renewals(url: str) -> int:
-    """Lease keep-alives etcd has served (its `etcd_debugging_lease_renewed_total` metric)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("etcd_debugging_lease_renewed_total "):
-                return int(float(line.split()[1]))
-    return 0
+from scripts.testbed.etcd import EtcdServer, lease_renewals, revision
 
 
 def main() -> int:
@@ -75,9 +57,9 @@ def main() -> int:
         for t in joins:
             t.join(s.join_timeout)
         time.sleep(s.heartbeat_timeout)  # settle: every membership thread has looked once
-        rev0, ka0, t0 = revision(srv.client_url), renewals(srv.client_url), time.monotonic()
+        rev0, ka0, t0 = revision(srv.client_url), lease_renewals(srv.client_url), time.monotonic()
         time.sleep(a.window)
-        rev1, ka1, t1 = revision(srv.client_url), renewals(srv.client_url), time.monotonic()
+        rev1, ka1, t1 = revision(srv.client_url), lease_renewals(srv.client_url), time.monotonic()
         per_min = 60.0 / (t1 - t0)
         print("| nodes | beat period (s) | window (s) | etcd revisions / min | lease keep-alives / min |")
         print("|---:|---:|---:|---:|---:|")

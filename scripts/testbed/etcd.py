@@ -172,6 +172,24 @@ class EtcdServer(Managed):
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
 
+def revision(url: str) -> int:
+    """etcd's current revision at client URL `url` (a range request on a key nobody writes), read
+    with plain HTTP: a write of any key moves it, a lease keep-alive does not."""
+    req = urllib.request.Request(f"{url}/v3/kv/range", data=json.dumps({"key": "AA=="}).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return int(json.loads(r.read())["header"]["revision"])
+
+
+def lease_renewals(url: str) -> int:
+    """Lease keep-alives etcd has served (its `etcd_debugging_lease_renewed_total` metric);
+    `TestbedError` when the server has no such metric."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etcd_debugging_lease_renewed_total "):
+                return int(float(line.split()[1]))
+    raise TestbedError("etcd has no etcd_debugging_lease_renewed_total metric")
+
+
 def cleanup_stale() -> list[str]:
     """Kill etcds and remove temp dirs left by dead test processes; return the dirs removed."""
     return remove_orphaned_dirs(TMP_PREFIX)

@@ -4,11 +4,9 @@ node whose lease is revoked under it is reported lost, re-granted and rejoins. A
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +16,7 @@ from elaunch.rendezvous import Rendezvous, create_rendezvous
 from elaunch.rendezvous.dynamic import DynamicRendezvous
 from elaunch.rendezvous.keys import Keys
 from scripts.testbed import wait_until
+from scripts.testbed.etcd import lease_renewals, revision
 
 from ._agent import Agent, lost_of
 from ._support import FAST, Call, config, info, rdzv_threads, settings
@@ -34,22 +33,6 @@ TTL = 3
 CONF = {**FAST, "heartbeat_timeout": HB, "last_call_timeout": 3.0}
 """A beat every 0.2 s, but a lease of 3 s (etcd's minimum is 2 s): on this shared 2-core machine a
 node's lease must not lapse every time the machine is busy (it would report itself lost)."""
-
-
-def revision(url: str) -> int:
-    """etcd's current revision, read with plain HTTP (not elaunch)."""
-    req = urllib.request.Request(f"{url}/v3/kv/range", data=json.dumps({"key": "AA=="}).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return int(json.loads(r.read())["header"]["revision"])
-
-
-def renewals(url: str) -> int:
-    """Lease keep-alives etcd has served (its `etcd_debugging_lease_renewed_total` metric)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("etcd_debugging_lease_renewed_total "):
-                return int(float(line.split()[1]))
-    raise AssertionError("etcd has no etcd_debugging_lease_renewed_total metric")
 
 
 def key_lease(port: int, key: str) -> int | None:
@@ -98,8 +81,8 @@ def test_an_idle_job_makes_no_etcd_revision_per_beat(etcd_server: Any, nodes: li
     joined = Keys("idle").round(1).joined
     wait_until(lambda: key_lease(etcd_server.port, joined) is not None, 10, "the first beat of round 0")
     url = etcd_server.client_url
-    rev, kept = revision(url), renewals(url)
-    wait_until(lambda: renewals(url) >= kept + 2 * BEATS, 20 * BEATS * PERIOD, f"{BEATS} beats of each node")
+    rev, kept = revision(url), lease_renewals(url)
+    wait_until(lambda: lease_renewals(url) >= kept + 2 * BEATS, 20 * BEATS * PERIOD, f"{BEATS} beats of each node")
     assert revision(url) == rev  # beats were keep-alives: nothing was written
     assert all(not r.membership().lost for r in nodes)
 
@@ -176,8 +159,8 @@ def test_a_spare_keeps_its_lease_while_it_stands_by_and_takes_a_killed_nodes_ran
         lease = key_lease(port, alive)
         assert lease
         # Two TTLs of standing by, counted in keep-alives (3 nodes, one each per beat period):
-        kept = renewals(url)
-        wait_until(lambda: renewals(url) >= kept + 3 * 2 * TTL / PERIOD, 60, "two TTLs of keep-alives")
+        kept = lease_renewals(url)
+        wait_until(lambda: lease_renewals(url) >= kept + 3 * 2 * TTL / PERIOD, 60, "two TTLs of keep-alives")
         # Not renewed, its alive key would be gone for good; re-granted, it says so (on a machine
         # too busy to renew it within its TTL: as designed, but the test cannot rule that out).
         now = wait_until(lambda: key_lease(port, alive), HB, "c's alive key")

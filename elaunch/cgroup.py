@@ -12,7 +12,9 @@ back:
 * A cgroup v2 per agent (`WorkerCgroup`), where one can be made (a writable cgroup2 mount: root,
   or a delegated subtree): each worker is moved into it as it starts and everything it forks stays
   in it, `setsid()` or not; `cgroup.kill` (Linux 5.14+) ends them all at once. The reaper does the
-  same when the agent is SIGKILLed (it is told the cgroup's path).
+  same when the agent is SIGKILLed (it is told the cgroup's path). When the reaper dies too (a
+  scheduler SIGKILLs every process of a step at once), the empty cgroup is left; the next agent
+  made under the same cgroup removes those of agents that are gone (`stale_cgroups`).
 
 Limits (docs/architecture.md, "No orphans"): without a cgroup, a descendant that escapes with
 `setsid()` *and* clears its environment is not found when the agent is SIGKILLed; a worker's
@@ -26,6 +28,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -116,6 +119,25 @@ def own_cgroup() -> str | None:
     return None
 
 
+CGROUP_PREFIX = "elaunch-"
+
+
+def stale_cgroups(names: list[str], alive: Callable[[int], bool]) -> list[str]:
+    """Of the entries `names` of a cgroup directory, the `elaunch-<pid>` ones whose agent `pid` is
+    no longer `alive`: left behind when the agent and its reaper were both SIGKILLed (e.g. a
+    scheduler killing every process of a job step at once)."""
+    out = []
+    for name in names:
+        pid = name[len(CGROUP_PREFIX) :]
+        if name.startswith(CGROUP_PREFIX) and pid.isdigit() and not alive(int(pid)):
+            out.append(name)
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
 class WorkerCgroup:
     """A cgroup v2 made for one agent's workers: `add` each worker, `kill` them all, `remove` it."""
 
@@ -130,7 +152,11 @@ class WorkerCgroup:
         if mount is None or own is None:
             return None
         base = os.path.join(mount, own.lstrip("/"))
-        path = os.path.join(base, f"elaunch-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            for name in stale_cgroups(os.listdir(base), _pid_alive):
+                with contextlib.suppress(OSError):  # not empty (EBUSY): something still runs there
+                    os.rmdir(os.path.join(base, name))
+        path = os.path.join(base, f"{CGROUP_PREFIX}{os.getpid()}")
         try:
             os.mkdir(path)
         except OSError:

@@ -4,10 +4,13 @@ on a normal end, on a restart (without waiting for the pipe they hold), and when
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from scripts.testbed import wait_until
@@ -113,6 +116,39 @@ def test_without_a_cgroup_the_subreaper_finds_and_stops_adopted_descendants(tmp_
         assert not alive(int(pid))
     finally:
         kill_pids([int(pid)])
+
+
+@pytest.mark.timeout(90)
+def test_a_cgroup_left_by_an_agent_killed_with_its_reaper_is_removed_by_the_next_agent(tmp_path: Path) -> None:
+    # As a scheduler ends a job step: every process SIGKILLed at once, the reaper included, so
+    # nothing removes the agent's cgroup. The next agent under the same cgroup does.
+    from elaunch.cgroup import cgroup2_mount, own_cgroup
+
+    mount, own = cgroup2_mount(), own_cgroup()
+    if mount is None or own is None:
+        pytest.skip("no cgroup v2 here")
+    script = write_script(tmp_path, "esc.py", ESCAPE)
+    p = start_elaunch(["--standalone", str(script), "wait"])
+    left = Path(mount, own.lstrip("/"), f"elaunch-{p.pid}")
+    try:
+        _escapee(tmp_path, 0)
+        if not left.is_dir():
+            pytest.skip("the agent could not make a cgroup here")
+        everyone = [p.pid, *(c.pid for c in psutil.Process(p.pid).children(recursive=True))]
+        kill_pids(everyone, timeout=0, sig=signal.SIGSTOP)  # first frozen: none can clean up after another
+        kill_pids(everyone)
+        p.wait(10)
+        wait_until(lambda: not any(alive(x) for x in everyone), 10, "every process of the job to be gone")
+        assert left.is_dir()  # nobody was left to remove it
+        # Nor its run directory (as torchrun's after any run): the test's TMPDIR must end empty.
+        for run_dir in Path(os.environ["TMPDIR"]).glob("elaunch-*"):
+            shutil.rmtree(run_dir)
+        r = subprocess.run([*ELAUNCH, "--standalone", str(script), "exit"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert not left.exists()
+    finally:
+        kill_pids([p.pid])
+        p.communicate()
 
 
 def test_no_cgroup_is_left_behind() -> None:

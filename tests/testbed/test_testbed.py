@@ -284,6 +284,8 @@ def test_remove_orphaned_dirs_kills_what_runs_from_them(no_leftovers: set[int]) 
     sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(300)", os.path.join(orphan, "x")])
     no_leftovers.add(sleeper.pid)
     try:
+        # Popen returns once the child's exec has begun; its argv shows in /proc a moment later.
+        wait_until(lambda: sleeper.pid in pids_mentioning(orphan), 10, "the sleeper's argv in /proc")
         assert remove_orphaned_dirs(prefix) == [orphan]
         assert sleeper.wait(timeout=5) == -9
         assert not os.path.exists(orphan) and os.path.isdir(mine)

@@ -303,14 +303,20 @@ def test_a_node_stopped_by_a_signal_ends_a_job_that_cannot_go_on(agents: Agents,
 def test_the_restart_count_is_the_same_on_every_node(agents: Agents, tmp_path: Path) -> None:
     # Node b's worker fails in the first round and both nodes restart: a script that resumes "if
     # restarted" must see it on every rank (torchrun gives 1 on b and 0 on a).
+    # b's worker fails only once a's has printed its environment (else a's first worker may be
+    # stopped before it printed anything).
     script = write_script(
         tmp_path,
         "w.py",
         ENV_SCRIPT
-        + "import time\nif os.environ['TORCHELASTIC_RESTART_COUNT'] == '0':\n"
-        + "    if os.environ['GROUP_RANK'] == '1':\n        raise SystemExit(1)\n    time.sleep(60)\n",
+        + "import sys, time\nflag = os.path.join(sys.argv[1], 'a-printed')\n"
+        + "if os.environ['TORCHELASTIC_RESTART_COUNT'] == '0':\n"
+        + "    if os.environ['GROUP_RANK'] == '1':\n"
+        + "        while not os.path.exists(flag):\n            time.sleep(0.02)\n"
+        + "        raise SystemExit(1)\n"
+        + "    open(flag, 'w').close()\n    time.sleep(60)\n",
     )
-    common = [*c10d(free_port()), "--max-restarts", "1", str(script)]
+    common = [*c10d(free_port()), "--max-restarts", "1", str(script), str(tmp_path)]
     agents.start("a", common)
     wait_until(lambda: "run lo-" in agents.err("a"), 60, "agent a to host the store and start")
     agents.start("b", common)
@@ -325,8 +331,12 @@ FAIL_ONCE_SCRIPT = (
     + """
 import sys, time
 me, flag = sys.argv[1], sys.argv[2]
+if me == "a" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+    open(flag + ".a", "w").close()  # printed its environment: b may fail now
 if me == "b":
     if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        while not os.path.exists(flag + ".a"):
+            time.sleep(0.02)
         sys.exit(3)
     open(flag, "w").close()
 while not os.path.exists(flag):  # node a runs until b's restarted worker did (not into the exit barrier)

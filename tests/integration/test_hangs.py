@@ -8,6 +8,7 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,18 @@ def test_hung_worker_is_reported_with_every_stack_and_the_group_restarted(tmp_pa
     assert isinstance(second["spawn_s"], float) and second["detect_s"] is None and second["stop_s"] is None
 
 
+def run_without_restarts(script: Path, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """Two workers of `script`, `--hang-timeout 2`, no restart: the job must fail (exit 1); its
+    stderr and the summary's root cause."""
+    summary = tmp_path / "summary.json"
+    r = run_elaunch(
+        ["--nproc-per-node", "2", "--hang-timeout", "2", "--summary-file", str(summary), str(script)], timeout=80
+    )
+    assert r.returncode == 1, r.stderr
+    cause: dict[str, Any] = json.loads(summary.read_text())["root_cause"]
+    return r.stderr, cause
+
+
 @pytest.mark.timeout(90)
 def test_sigstopped_worker_is_hung_and_nothing_is_left(tmp_path: Path) -> None:
     script = write_script(
@@ -75,14 +88,8 @@ def test_sigstopped_worker_is_hung_and_nothing_is_left(tmp_path: Path) -> None:
         "if os.environ['RANK'] == '1':\n    os.kill(os.getpid(), signal.SIGSTOP)\n"
         "while True:\n    print('tick', flush=True)\n    time.sleep(0.2)\n",
     )
-    summary = tmp_path / "summary.json"
-    r = run_elaunch(
-        ["--nproc-per-node", "2", "--hang-timeout", "2", "--summary-file", str(summary), str(script)], timeout=80
-    )
-    assert r.returncode == 1, r.stderr
-    assert "the process is stopped (SIGSTOP)" in r.stderr, r.stderr
-    doc = json.loads(summary.read_text())
-    cause = doc["root_cause"]
+    stderr, cause = run_without_restarts(script, tmp_path)
+    assert "the process is stopped (SIGSTOP)" in stderr, stderr
     assert cause["kind"] == "hang" and cause["restartable"] is True, cause
     assert cause["global_rank"] == 1 and "stopped (SIGSTOP)" in cause["note"]
     # The stopped worker still went away (SIGCONT after the stop signal): the fixture checks.
@@ -107,14 +114,8 @@ while True:
 
 @pytest.mark.timeout(90)
 def test_a_worker_in_uninterruptible_sleep_is_hung_and_nothing_is_left(tmp_path: Path) -> None:
-    script = write_script(tmp_path, "dstate.py", D_STATE)
-    summary = tmp_path / "summary.json"
-    r = run_elaunch(
-        ["--nproc-per-node", "2", "--hang-timeout", "2", "--summary-file", str(summary), str(script)], timeout=80
-    )
-    assert r.returncode == 1, r.stderr
-    assert "the process is in uninterruptible sleep (D)" in r.stderr, r.stderr
-    cause = json.loads(summary.read_text())["root_cause"]
+    stderr, cause = run_without_restarts(write_script(tmp_path, "dstate.py", D_STATE), tmp_path)
+    assert "the process is in uninterruptible sleep (D)" in stderr, stderr
     assert cause["kind"] == "hang" and cause["global_rank"] == 1, cause
     assert "uninterruptible sleep (D)" in cause["note"], cause
     # The worker and its paused child went away with the group: the fixture checks.

@@ -157,35 +157,17 @@ def summarize(b: Bench) -> tuple[str, dict[str, Any], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="one repetition")
-    p.add_argument("--reps", type=int, default=None, help="repetitions (default 3, 1 with --quick)")
+    bl.add_trial_options(p, "restart")
     p.add_argument("--limit", type=float, default=60.0, help="seconds each launcher gets after the crash")
     p.add_argument("--no-torchrun", action="store_true", help="measure elaunch only")
-    p.add_argument("--keep-python-env", action="store_true", help="keep PYTHONDONTWRITEBYTECODE/PYTHONUNBUFFERED")
-    p.add_argument("--out", default=None, help="JSON path (default bench-results/restart[-quick].json)")
     args = p.parse_args(argv)
-    args.reps = args.reps if args.reps is not None else (1 if args.quick else 3)
-    if args.reps < 1:
-        p.error("--reps must be at least 1")
+    bl.trial_reps(p, args)
     args.elaunch_limit = args.torchrun_limit = args.limit
-    bl.install_signal_cleanup()
-    subreaper = bl.become_subreaper()
-    t_start = time.perf_counter()
-    load = bl.LoadWatch()
     b = Bench(args)
-    try:
-        notes = bl.preflight(p, b.cmd, args.keep_python_env)
-        b.execute()
-        table, summary, more = summarize(b)
-        notes += more
-    finally:
-        b.work.close()
-        bl.check_no_children()
-        load_info = load.stop()
-    busy = load.note()
-    if busy:
-        notes.append(busy)
-    total = time.perf_counter() - t_start
+    run = bl.run_trials(p, b, args.keep_python_env)
+    table, summary, more = summarize(b)
+    notes = run.notes + more + ([run.busy] if run.busy else [])
+    total = run.total
     print(f"## elaunch vs torchrun: worker crash on 1 of 4 nodes → every node's restarted worker ({args.reps} rep(s))")
     print()
     print(
@@ -196,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     return bl.finish(
         "restart", args, b.cmd, notes, total, table,
-        subreaper=subreaper, load_average=load_info, summary=summary, trials=b.trials,
+        subreaper=run.subreaper, load_average=run.load_average, summary=summary, trials=b.trials,
     )  # fmt: skip
 
 

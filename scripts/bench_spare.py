@@ -99,28 +99,13 @@ class Bench(br.Bench):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="one repetition")
-    p.add_argument("--reps", type=int, default=None, help="repetitions (default 3, 1 with --quick)")
+    bl.add_trial_options(p, "spare")
     p.add_argument("--limit", type=float, default=60.0, help="seconds the spare gets after the kill")
-    p.add_argument("--keep-python-env", action="store_true", help="keep PYTHONDONTWRITEBYTECODE/PYTHONUNBUFFERED")
-    p.add_argument("--out", default=None, help="JSON path (default bench-results/spare[-quick].json)")
     args = p.parse_args(argv)
-    args.reps = args.reps if args.reps is not None else (1 if args.quick else 3)
-    if args.reps < 1:
-        p.error("--reps must be at least 1")
-    bl.install_signal_cleanup()
-    subreaper = bl.become_subreaper()
-    t_start = time.perf_counter()
-    load = bl.LoadWatch()
+    bl.trial_reps(p, args)
     b = Bench(args)
-    try:
-        notes = bl.preflight(p, b.cmd, args.keep_python_env)
-        notes = [n for n in notes if not n.startswith("torchrun not measured")]
-        b.execute()
-    finally:
-        b.work.close()
-        bl.check_no_children()
-        load_info = load.stop()
+    run = bl.run_trials(p, b, args.keep_python_env)
+    notes = [n for n in run.notes if not n.startswith("torchrun not measured")]
     st = bl.stats(t.get("last") for t in b.trials)
     target = HEARTBEAT_TIMEOUT + 2
     rows = [
@@ -132,10 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = [t["outcome"] for t in b.trials]
     if any(o != "took over" for o in outcomes):
         notes.append(f"outcomes {outcomes}")
-    busy = load.note()
-    if busy:
-        notes.append(busy)
-    total = time.perf_counter() - t_start
+    if run.busy:
+        notes.append(run.busy)
+    total = run.total
     print(f"## elaunch: node SIGKILL with one hot spare ({args.reps} rep(s))")
     print()
     print("3 nodes on 127.0.0.1, `--nnodes 2 --standby 1 --nproc-per-node 1 --max-restarts 0`, c10d, defaults.")
@@ -144,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     return bl.finish(
         "spare", args, b.cmd, notes, total, table,
-        subreaper=subreaper, load_average=load_info, summary={"last": st}, trials=b.trials,
+        subreaper=run.subreaper, load_average=run.load_average, summary={"last": st}, trials=b.trials,
     )  # fmt: skip
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import psutil
 from testbed.procs import cmdline, descendants, kill_pids, kill_tree
@@ -547,6 +547,65 @@ def preflight(parser: argparse.ArgumentParser, cmd: dict[str, list[str] | None],
     if cmd.get("torchrun") is None:
         notes.append("torchrun not measured (not installed or --no-torchrun)")
     return notes
+
+
+def add_trial_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options every multi-agent benchmark (recovery, restart, spare) shares: --quick, --reps,
+    --keep-python-env, --out (default bench-results/<name>[-quick].json). See `trial_reps`."""
+    parser.add_argument("--quick", action="store_true", help="one repetition")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, 1 with --quick)")
+    parser.add_argument("--keep-python-env", action="store_true", help="keep PYTHONDONTWRITEBYTECODE/PYTHONUNBUFFERED")
+    parser.add_argument("--out", default=None, help=f"JSON path (default bench-results/{name}[-quick].json)")
+
+
+def trial_reps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set `args.reps` (3, 1 with --quick, unless given); a usage error below 1."""
+    args.reps = args.reps if args.reps is not None else (1 if args.quick else 3)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+
+
+class Trials(Protocol):
+    """A multi-agent benchmark's runner: its launcher commands, its work dir, its trials."""
+
+    cmd: dict[str, list[str] | None]
+    work: Any
+
+    def execute(self) -> None: ...
+
+
+@dataclass
+class Session:
+    """What `run_trials` leaves for the report: preflight notes, the load note (None: quiet)."""
+
+    notes: list[str]
+    subreaper: bool
+    load_average: dict[str, Any]
+    busy: str | None
+    started: float
+
+    @property
+    def total(self) -> float:
+        """Seconds since the session started."""
+        return time.perf_counter() - self.started
+
+
+def run_trials(parser: argparse.ArgumentParser, bench: Trials, keep_python_env: bool) -> Session:
+    """Run `bench.execute()` as every multi-agent benchmark does: signal cleanup, this process a
+    child subreaper, the load watched; afterwards (also on an error) the work dir closed and
+    every child checked gone."""
+    install_signal_cleanup()
+    subreaper = become_subreaper()
+    started = time.perf_counter()
+    load = LoadWatch()
+    try:
+        notes = preflight(parser, bench.cmd, keep_python_env)
+        bench.execute()
+    finally:
+        bench.work.close()
+        check_no_children()
+        load_average = load.stop()
+    return Session(notes, subreaper, load_average, load.note(), started)
 
 
 def entry(main: Callable[[], int]) -> NoReturn:

@@ -44,12 +44,12 @@ test: install-dev
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not torch and not netns and not slurm and not etcd"
 
-lint:
+lint: install-dev
 	$(PY) -m ruff check elaunch tests scripts examples
 	$(PY) -m ruff format --check elaunch tests scripts examples
 	$(PY) -m mypy elaunch
 
-format:
+format: install-dev
 	$(PY) -m ruff check --fix elaunch tests scripts examples
 	$(PY) -m ruff format elaunch tests scripts examples
 

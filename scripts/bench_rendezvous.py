@@ -7,9 +7,9 @@ server, as an agent or `elaunch rdzv-server` would). N agents run as threads, --
 (default 128, over at least 4 processes) in each worker process; every worker is forked from one
 fork server that imported torch and both rendezvous implementations once, so starting 32 workers
 costs 32 forks rather than 32 imports of torch (2 s of CPU each) and the workers share its pages.
-Each agent is the real thing, built as the agent builds it: its own TCPStore client connection (elaunch's
-`DynamicRendezvous` then clones its control and restart-watch connections, as on a real node),
-every connection made before the clock starts. Each agent's `next_rendezvous` runs on a thread
+Each agent is the real thing, built as the agent builds it: its own TCPStore client connection
+(`connect_store`; elaunch's `DynamicRendezvous` then clones its control and restart-watch
+connections, as on a real node), every connection made before the clock starts. Each agent's `next_rendezvous` runs on a thread
 of its own, which the protocol needs (its calls block on the store); elaunch's membership
 threads start, as on a real node, once that node's round is complete. The clock runs from the
 parent's "go" to the last agent's return from `next_rendezvous` (CLOCK_MONOTONIC is shared by all
@@ -22,9 +22,9 @@ by a wrapper around each elaunch agent's store (`join:` the agent's own calls, `
 membership threads' once its round was complete). A flat "ms per node" column means the round
 grows linearly with N. What it cannot show: N agents here share 2 cores with each other and with
 the store server, so every node's client work (a real node does it on its own CPU, in parallel)
-is added up in the time; at 4096 nodes that is ~16,000 threads (each connection of the adapter
-has a caller thread) and the server thread gets a small share of the CPU. Figures vary a lot
-with the machine's load: the load average is printed with each row.
+is added up in the time; at 4096 nodes that is ~12,000 threads once rounds are complete (the
+agent's, its heartbeat thread and its restart watch) and the server thread gets a small share of
+the CPU. Figures vary with the machine's load: the load average is printed with each row.
 
     python scripts/bench_rendezvous.py            # N = 8 32 64 128 256 1024 2048 4096
     python scripts/bench_rendezvous.py --sizes 1024,2048,4096 --no-torch --repeats 1   # the large rounds
@@ -120,15 +120,16 @@ def _make_agent(
     impl: str, port: int, run_id: str, n: int, index: int, conf: dict[str, float], counts: dict[str, int]
 ) -> Any:
     dist = _dist()
-    client = dist.TCPStore("127.0.0.1", port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=300))
     if impl == "elaunch":
         from elaunch.rendezvous.api import RendezvousSettings
         from elaunch.rendezvous.dynamic import DynamicRendezvous
-        from elaunch.rendezvous.store import TCPStoreAdapter
+        from elaunch.rendezvous.store import connect_store
 
         settings = RendezvousSettings(**conf)  # type: ignore[arg-type]
-        store = Counted(TCPStoreAdapter.wrap(client, 300.0), counts)
+        # as the agent connects (so its calls are bounded by the socket, on the caller's thread)
+        store = Counted(connect_store("127.0.0.1", port, is_host=False, connect_timeout=300, timeout=300), counts)
         return DynamicRendezvous(store, run_id, n, n, settings, f"agent{index}")
+    client = dist.TCPStore("127.0.0.1", port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=300))
     from torch.distributed.elastic.rendezvous import RendezvousParameters
     from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
@@ -372,18 +373,15 @@ def recovery_worker_main(args: argparse.Namespace) -> None:
     _raise_fd_limit()
     from elaunch.rendezvous.api import NodeInfo, RendezvousSettings
     from elaunch.rendezvous.dynamic import DynamicRendezvous
-    from elaunch.rendezvous.store import TCPStoreAdapter
+    from elaunch.rendezvous.store import connect_store
 
-    dist = _dist()
     conf = json.loads(args.conf)
     first, count = args.first, args.count
 
     def make(i: int) -> DynamicRendezvous:
-        client = dist.TCPStore(
-            "127.0.0.1", args.port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=300)
-        )
+        store = connect_store("127.0.0.1", args.port, is_host=False, connect_timeout=300, timeout=60)
         settings = RendezvousSettings(**conf)
-        return DynamicRendezvous(TCPStoreAdapter.wrap(client), args.run_id, args.n - 1, args.n, settings, f"agent{i}")
+        return DynamicRendezvous(store, args.run_id, args.n - 1, args.n, settings, f"agent{i}")
 
     with ThreadPoolExecutor(min(64, count)) as ex:
         agents = list(ex.map(make, range(first, first + count)))

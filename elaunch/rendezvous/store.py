@@ -17,7 +17,9 @@ from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from elaunch.errors import StoreError
+from elaunch.rendezvous import sockbound
 from elaunch.rendezvous.retry import Retry, retry_until
+from elaunch.rendezvous.sockbound import ClientSocket
 from elaunch.torchimport import import_quietly
 
 Value = str | bytes
@@ -304,11 +306,24 @@ class TCPStoreAdapter:
     """A `Store` over `torch.distributed.TCPStore`: one client connection, maybe hosting the server.
 
     Build it with `connect_store` (which decides whether to host); `wrap` adapts a TCPStore
-    built elsewhere (e.g. a benchmark's). Every call is bounded: waits by their timeout (plus
-    `timeout` for the answer), the others by `timeout` (see `_BoundedCaller` for why).
+    built elsewhere (e.g. a test's). Every call is bounded: waits by their timeout plus
+    `timeout`, `get` (c10d's is a wait, then a read) by twice `timeout`, the others by `timeout`.
+    When the client's socket is known (`sock`, see `sockbound`: every connection `connect_store`
+    and `clone` make) the kernel bounds each read and write and calls run on the caller's thread;
+    else (`wrap`) each call runs on a helper thread that the caller waits for with a deadline
+    (`_BoundedCaller`). After a call got no answer the connection is abandoned: every later call
+    fails at once (a late answer would be read as the next call's).
     """
 
-    def __init__(self, tcp_store: Any, host: str, port: int, is_host: bool, timeout: float) -> None:
+    def __init__(
+        self,
+        tcp_store: Any,
+        host: str,
+        port: int,
+        is_host: bool,
+        timeout: float,
+        sock: ClientSocket | None = None,
+    ) -> None:
         self._store: Any = tcp_store
         self._host = host
         self._port = port
@@ -318,7 +333,10 @@ class TCPStoreAdapter:
         dist = _import_torch_distributed()
         self._dist_errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, TimeoutError, OSError)
         self._store_error: type[BaseException] = dist.DistStoreError
-        self._caller = _BoundedCaller(f"elaunch-store-{self.address}")
+        self._network_error: type[BaseException] = dist.DistNetworkError
+        self._sock = sock if sock is not None and sock.set_timeout(timeout) else None
+        self._caller = None if self._sock is not None else _BoundedCaller(f"elaunch-store-{self.address}")
+        self._stuck: str | None = None
 
     @classmethod
     def wrap(cls, tcp_store: Any, timeout: float = 60.0) -> TCPStoreAdapter:
@@ -332,6 +350,11 @@ class TCPStoreAdapter:
     def port(self) -> int:
         return self._port
 
+    @property
+    def bounded_by(self) -> str:
+        """How calls are bounded: "socket" (kernel timeouts, caller's thread) or "thread"."""
+        return "socket" if self._sock is not None else "thread"
+
     def _err(self, op: str, e: BaseException) -> StoreError:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # c10d appends C++ stack traces
         return StoreError(f"rendezvous store at {self.address}: {op} failed: {first}")
@@ -340,12 +363,24 @@ class TCPStoreAdapter:
         store = self._store
         if store is None:
             raise StoreError(f"rendezvous store at {self.address}: {op} on a closed connection")
-        if self._caller.stuck is not None:
-            raise StoreError(
-                f"rendezvous store at {self.address}: {op} failed: an earlier call got {self._caller.stuck}"
-            )
+        if self._stuck is not None:
+            raise StoreError(f"rendezvous store at {self.address}: {op} failed: an earlier call got {self._stuck}")
+        if self._caller is None:
+            try:
+                return fn(store)
+            except self._network_error as e:
+                if "timeout" in str(e).lower():  # c10d's "Socket Timeout": SO_RCVTIMEO / SO_SNDTIMEO
+                    self._stuck = f"no answer within {self._timeout:g} s"
+                    raise StoreError(f"rendezvous store at {self.address}: {op} failed: {self._stuck}") from None
+                raise self._err(op, e) from None
+            except self._dist_errors as e:
+                raise self._err(op, e) from None
         try:
             return self._caller.run(lambda: fn(store), self._timeout if bound is None else bound)
+        except TimeoutError as e:
+            if self._caller.stuck is not None:
+                self._stuck = self._caller.stuck
+            raise self._err(op, e) from None
         except self._dist_errors as e:
             raise self._err(op, e) from None
 
@@ -399,16 +434,19 @@ class TCPStoreAdapter:
     def set_timeout(self, timeout: float) -> None:
         """Bound every later non-waiting call on this connection."""
         self._call("set_timeout", timedelta(seconds=timeout))
+        if self._sock is not None and not self._sock.set_timeout(timeout):
+            raise StoreError(f"rendezvous store at {self.address}: set_timeout failed: the connection's socket is gone")
         self._timeout = timeout
 
     def clone(self) -> TCPStoreAdapter:
-        store = self._call("clone")
-        return TCPStoreAdapter(store, self._host, self._port, False, self._timeout)
+        store, sock = sockbound.build(lambda: self._call("clone"), lambda _: self._port)
+        return TCPStoreAdapter(store, self._host, self._port, False, self._timeout, sock)
 
     def close(self) -> None:
         """Drop the connection: the last reference closes the socket (and stops a hosted server)."""
         self._store = None
-        self._caller.close()
+        if self._caller is not None:
+            self._caller.close()
 
 
 def _fmt_addr(host: str, port: int) -> str:
@@ -480,16 +518,19 @@ def connect_store(
     if want_host:
         dist = _import_torch_distributed()
         try:
-            srv = dist.TCPStore(
-                host,
-                port,
-                is_master=True,
-                multi_tenant=False,  # a second host in this process must fail, not share the server
-                wait_for_workers=False,
-                timeout=timedelta(seconds=timeout),
-                use_libuv=use_libuv,
+            srv, sock = sockbound.build(
+                lambda: dist.TCPStore(
+                    host,
+                    port,
+                    is_master=True,
+                    multi_tenant=False,  # a second host in this process must fail, not share the server
+                    wait_for_workers=False,
+                    timeout=timedelta(seconds=timeout),
+                    use_libuv=use_libuv,
+                ),
+                lambda made: int(made.port),
             )
-            return TCPStoreAdapter(srv, host, int(srv.port), True, timeout)
+            return TCPStoreAdapter(srv, host, int(srv.port), True, timeout, sock)
         except (RuntimeError, ValueError, OSError) as e:
             if is_host:
                 raise StoreError(f"could not host the rendezvous store at {_fmt_addr(host, port)}: {e}") from None
@@ -501,16 +542,19 @@ def connect_store(
     bound = max(timeout, 1.0)
     caller = _BoundedCaller(f"elaunch-store-connect-{_fmt_addr(host, port)}")
     try:
-        client = caller.run(
-            lambda: dist.TCPStore(
-                host,
-                port,
-                is_master=False,
-                wait_for_workers=False,
-                timeout=timedelta(seconds=bound),
-                use_libuv=use_libuv,
+        client, sock = sockbound.build(
+            lambda: caller.run(
+                lambda: dist.TCPStore(
+                    host,
+                    port,
+                    is_master=False,
+                    wait_for_workers=False,
+                    timeout=timedelta(seconds=bound),
+                    use_libuv=use_libuv,
+                ),
+                bound,
             ),
-            bound,
+            lambda _: port,
         )
     except TimeoutError as e:
         if caller.stuck is None:
@@ -521,7 +565,7 @@ def connect_store(
         raise StoreError(f"{not_a_store(host, port, None)} ({first})") from None
     finally:
         caller.close()
-    return TCPStoreAdapter(client, host, port, False, timeout)
+    return TCPStoreAdapter(client, host, port, False, timeout, sock)
 
 
 def not_a_store(host: str, port: int, waited: float | None) -> str:

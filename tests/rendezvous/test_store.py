@@ -3,19 +3,23 @@ connecting/hosting and import cost. etcd-only behaviour is in test_etcd_store.py
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from elaunch.errors import StoreError
-from elaunch.rendezvous.store import MemoryStore, Store, connect_store, is_local_address
-from scripts.testbed import free_port
+from elaunch.rendezvous.store import MemoryStore, Store, TCPStoreAdapter, connect_store, is_local_address
+from elaunch.watchdog import process_state
+from scripts.testbed import free_port, wait_until
 
 from ._support import Call
 
@@ -212,3 +216,102 @@ def test_importing_the_rendezvous_does_not_import_torch_or_etcd3gw() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=50)
     assert r.returncode == 0, r.stderr
+
+
+_FROZEN_SERVER = (
+    "import sys, torch.distributed as d\n"
+    "s = d.TCPStore('127.0.0.1', 0, is_master=True, wait_for_workers=False)\n"
+    "s.set('/there', '1')\n"
+    "print(s.port, flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    return all(process_state(int(t)) == "stopped (SIGSTOP)" for t in os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.fixture
+def frozen_server() -> Iterator[tuple[int, Callable[[], None]]]:
+    """A TCPStore server in a process of its own: (port, freeze), freeze = SIGSTOP (the kernel
+    still accepts and acknowledges, nothing answers: a hung server, or a cut link as the client
+    sees it). Killed at the end."""
+    pytest.importorskip("torch")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+
+        def freeze() -> None:
+            os.kill(proc.pid, signal.SIGSTOP)  # delivered asynchronously: wait until every thread stopped
+            wait_until(lambda: _all_threads_stopped(proc.pid), 10, "the store server stopped")
+
+        yield port, freeze
+    finally:
+        proc.kill()
+        proc.wait()
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                f.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["add", "check", "compare_set", "get", "wait"])
+def test_a_frozen_server_fails_each_call_within_its_bound(
+    frozen_server: tuple[int, Callable[[], None]], call: str
+) -> None:
+    """c10d reads without a time limit (a call to a hung server blocks ~15 minutes): every call
+    of a connection made by connect_store or clone is bounded by the kernel (SO_RCVTIMEO), on the
+    caller's thread, and the connection is abandoned after it (a late answer would be misread).
+    (`set` and `append` expect no answer in c10d's protocol: they return once sent.)"""
+    port, freeze = frozen_server
+    main = connect_store("127.0.0.1", port, is_host=False, connect_timeout=10, timeout=1.0)
+    ctl = main.clone()
+    try:
+        assert main.bounded_by == "socket" and ctl.bounded_by == "socket"
+        ctl.set_timeout(0.5)
+        assert ctl.get("/there") == b"1"
+        freeze()
+        calls: dict[str, Callable[[Store], object]] = {
+            "add": lambda s: s.add("/n", 1),
+            "check": lambda s: s.check(["/there"]),
+            "compare_set": lambda s: s.compare_set("/k", "", "v"),
+            "get": lambda s: s.get("/there"),
+            "wait": lambda s: s.wait(["/absent"], 0.5),
+        }
+        for conn, bound in ((ctl, 0.5), (main, 1.0)):
+            thread = threading.current_thread()
+            t0 = time.monotonic()
+            with pytest.raises(StoreError, match=re.escape(f"{call} failed: no answer within {bound:g} s")):
+                calls[call](conn)
+            assert time.monotonic() - t0 < 10, "not bounded by the connection's timeout"
+            assert threading.current_thread() is thread
+            with pytest.raises(StoreError, match="an earlier call got no answer"):
+                conn.check(["/there"])
+    finally:
+        ctl.close()
+        main.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_wrapped_store_is_bounded_by_a_helper_thread(frozen_server: tuple[int, Callable[[], None]]) -> None:
+    """A TCPStore built elsewhere (`wrap`): its socket is not known, so calls run on a helper
+    thread with a deadline; bounded all the same."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    port, freeze = frozen_server
+    store = TCPStoreAdapter.wrap(dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=5)), 0.5)
+    try:
+        assert store.bounded_by == "thread"
+        assert store.check(["/there"])
+        freeze()
+        with pytest.raises(StoreError, match=r"no answer within 0\.5 s"):
+            store.add("/n", 1)
+        with pytest.raises(StoreError, match="an earlier call got no answer"):
+            store.check(["/there"])
+    finally:
+        store.close()

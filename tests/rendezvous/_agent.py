@@ -87,6 +87,12 @@ class Agent:
             except queue.Empty:
                 return self.seen
 
+    def ready(self, timeout: float = 60) -> Event:
+        """Wait for the agent's rendezvous to be built; its `ready` event (fails on `error`)."""
+        ev = self.expect(lambda e: e["event"] in ("ready", "error"), timeout, "ready")
+        assert ev["event"] == "ready", ev
+        return ev
+
     def round(self, timeout: float = 20) -> Event:
         return self.expect(lambda e: e["event"] in ("round", "error"), timeout, "round")
 
@@ -106,6 +112,13 @@ class Agent:
             if f is not None:
                 f.close()
         self._reader.join(5)
+
+
+def close_all(agents: list[Agent]) -> None:
+    """Close every agent, the first started last (it may host the store), and check none is left."""
+    for a in reversed(agents):
+        a.close()
+    assert all(a.proc.poll() is not None for a in agents)
 
 
 def lost_of(e: Event) -> bool:

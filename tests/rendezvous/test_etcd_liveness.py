@@ -18,7 +18,7 @@ from elaunch.rendezvous.keys import Keys
 from scripts.testbed import wait_until
 from scripts.testbed.etcd import lease_renewals, revision
 
-from ._agent import Agent, lost_of
+from ._agent import Agent, close_all, lost_of
 from ._support import FAST, Call, config, info, rdzv_threads, settings
 
 pytest.importorskip("etcd3gw")
@@ -111,8 +111,7 @@ def test_a_sigkilled_node_is_found_lost_within_the_heartbeat_bound(etcd_server: 
     agents = [Agent(f"node{c}", etcd_server.port, CONF, nnodes="2:3", run_id="kill", backend="etcd") for c in "ABC"]
     try:
         for a in agents:
-            ready = a.expect(lambda e: e["event"] in ("ready", "error"), 60, "ready")
-            assert ready["event"] == "ready", ready
+            a.ready()
             a.send("join")
         r0 = [a.round() for a in agents]
         assert all(r["event"] == "round" and r["round"] == 0 and len(r["hosts"]) == 3 for r in r0), r0
@@ -131,9 +130,7 @@ def test_a_sigkilled_node_is_found_lost_within_the_heartbeat_bound(etcd_server: 
             x.expect(lambda e: e["event"] == "bye", 15, "bye")
             assert x.proc.wait(10) == 0
     finally:
-        for x in agents:
-            x.close()
-    assert all(x.proc.poll() is not None for x in agents)
+        close_all(agents)
 
 
 @pytest.mark.etcd
@@ -143,8 +140,7 @@ def test_a_spare_keeps_its_lease_while_it_stands_by_and_takes_a_killed_nodes_ran
 
     def start(name: str) -> Agent:
         a = Agent(name, port, CONF, nnodes="2:2", run_id="spare", backend="etcd", standby=1)
-        ready = a.expect(lambda e: e["event"] in ("ready", "error"), 60, "ready")
-        assert ready["event"] == "ready", ready
+        a.ready()
         a.send("join")
         return a
 
@@ -173,9 +169,7 @@ def test_a_spare_keeps_its_lease_while_it_stands_by_and_takes_a_killed_nodes_ran
         assert all(r["event"] == "round" and r["round"] == 1 for r in r1.values()), r1
         assert r1["nodeC"]["rank"] == r0["nodeB"]["rank"] and r1["nodeA"]["rank"] == r0["nodeA"]["rank"]
     finally:
-        for x in agents:
-            x.close()
-    assert all(x.proc.poll() is not None for x in agents)
+        close_all(agents)
 
 
 @pytest.mark.etcd
@@ -214,8 +208,7 @@ def test_a_node_frozen_past_its_lease_reports_itself_lost_when_it_wakes_and_rejo
     agents = [Agent(f"node{c}", port, CONF, nnodes="2:2", run_id="frozen", backend="etcd") for c in "AB"]
     try:
         for x in agents:
-            ready = x.expect(lambda e: e["event"] in ("ready", "error"), 60, "ready")
-            assert ready["event"] == "ready", ready
+            x.ready()
             x.send("join")
         r0 = {x.name: x.round() for x in agents}
         assert all(r["event"] == "round" for r in r0.values()), r0
@@ -238,9 +231,7 @@ def test_a_node_frozen_past_its_lease_reports_itself_lost_when_it_wakes_and_rejo
         r1 = {x.name: x.round(30) for x in agents}
         assert all(r["event"] == "round" and r["round"] == 1 and len(r["hosts"]) == 2 for r in r1.values()), r1
     finally:
-        for x in agents:
-            x.close()
-    assert all(x.proc.poll() is not None for x in agents)
+        close_all(agents)
 
 
 @pytest.mark.etcd

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ._agent import Agent, lost_of
+from ._agent import Agent, close_all, lost_of
 
 pytest.importorskip("torch")
 
@@ -30,25 +30,21 @@ CONF = {
 def agents() -> Iterator[list[Agent]]:
     started: list[Agent] = []
     yield started
-    for a in reversed(started):  # the store's host (first) last
-        a.close()
-    assert all(a.proc.poll() is not None for a in started)
+    close_all(started)
 
 
 def start_host(agents: list[Agent], name: str = "nodeH", **kw: Any) -> tuple[Agent, int]:
     # endpoint 127.0.0.1:0 is local: it hosts, on a free port
     host = Agent(name, 0, kw.pop("conf", CONF), **kw)
     agents.append(host)
-    ready = host.expect(lambda e: e["event"] in ("ready", "error"), 60, "ready")
-    assert ready["event"] == "ready", ready
+    ready = host.ready()
     return host, int(ready["store"].rsplit(":", 1)[1])
 
 
 def start(agents: list[Agent], name: str, port: int, **kw: Any) -> Agent:
     a = Agent(name, port, kw.pop("conf", CONF), **kw)
     agents.append(a)
-    ready = a.expect(lambda e: e["event"] in ("ready", "error"), 60, "ready")
-    assert ready["event"] == "ready", ready
+    a.ready()
     return a
 
 
